@@ -1,0 +1,18 @@
+//! Domain types of Mandate.
+//!
+//! Everything here is plain data and pure functions: identities, tasks and their scopes,
+//! decisions, audit events and the hash chain that links them, and the clock. No I/O lives here,
+//! so every other crate can depend on it and every rule in it can be tested in isolation.
+
+pub mod audit;
+pub mod clock;
+pub mod ids;
+pub mod model;
+pub mod scope;
+
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use ids::{AgentId, IdError, OwnerId, TaskId};
+pub use model::{
+    Agent, AgentStatus, Attestation, EndReason, Intent, Owner, Task, TaskState, Tier,
+};
+pub use scope::{Grant, Scope, ScopeError};

@@ -1,0 +1,328 @@
+//! Owners, agents, tasks and their states.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::ids::{AgentId, OwnerId, TaskId};
+use crate::scope::Scope;
+
+/// Blast radius of an agent: what can go wrong if it misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Little harm possible.
+    Low,
+    /// Moderate harm possible.
+    Medium,
+    /// Serious harm possible: money, production, customer data.
+    High,
+}
+
+impl Tier {
+    /// The lowercase name used in config, policies and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Low => "low",
+            Tier::Medium => "medium",
+            Tier::High => "high",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Tier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "low" => Ok(Tier::Low),
+            "medium" => Ok(Tier::Medium),
+            "high" => Ok(Tier::High),
+            other => Err(format!(
+                "tier `{other}` is not one of `low`, `medium`, `high`"
+            )),
+        }
+    }
+}
+
+/// The accountable person or team behind agents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// Id, e.g. `alice@example.com`.
+    pub id: OwnerId,
+    /// Display name.
+    pub name: String,
+    /// When the owner was added.
+    pub created_at: Timestamp,
+}
+
+/// How an agent proves what it is. Proof of identity grants nothing by itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Attestation {
+    /// A client assertion (RFC 7523 `private_key_jwt`) signed with the agent's Ed25519 key.
+    PrivateKeyJwt {
+        /// The Ed25519 public key, base64url without padding (the JWK `x` value).
+        public_key: String,
+    },
+    /// A JWT from an external issuer: an OIDC ID token or a SPIFFE JWT-SVID.
+    ExternalJwt {
+        /// Expected `iss`.
+        issuer: String,
+        /// Where the issuer's keys are: an `https://` or `http://` URL, or a file path.
+        jwks: String,
+        /// Expected `sub` (for SPIFFE, the SPIFFE ID).
+        subject: String,
+        /// Expected `aud`; defaults to Mandate's issuer URL.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audience: Option<String>,
+        /// Further claims that must equal the given strings (or, for array claims, contain them).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        claims: BTreeMap<String, String>,
+    },
+}
+
+impl Attestation {
+    /// A short name for listings.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Attestation::PrivateKeyJwt { .. } => "private_key_jwt",
+            Attestation::ExternalJwt { .. } => "external_jwt",
+        }
+    }
+}
+
+/// Whether an agent may work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStatus {
+    /// May open tasks.
+    Active,
+    /// Kill switch thrown: no task may be opened and every active task was revoked.
+    Suspended,
+}
+
+impl AgentStatus {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Active => "active",
+            AgentStatus::Suspended => "suspended",
+        }
+    }
+}
+
+/// A registered workload identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agent {
+    /// Id; also the OAuth `client_id`.
+    pub id: AgentId,
+    /// The accountable owner; `None` once the owner was removed (the agent is orphaned).
+    pub owner: Option<OwnerId>,
+    /// The owner it had before it was orphaned, kept for the inventory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub former_owner: Option<OwnerId>,
+    /// Blast radius.
+    pub tier: Tier,
+    /// What its tasks may ever ask for. Grants nothing by itself.
+    pub envelope: Scope,
+    /// How it proves what it is.
+    pub attestations: Vec<Attestation>,
+    /// Intent used when a client asks with a plain `scope` and no `authorization_details`.
+    pub default_intent: Intent,
+    /// Active or suspended.
+    pub status: AgentStatus,
+    /// When it was registered.
+    pub created_at: Timestamp,
+    /// Free-form description.
+    #[serde(default)]
+    pub description: String,
+}
+
+impl Agent {
+    /// Whether the agent has lost its owner.
+    pub fn is_orphaned(&self) -> bool {
+        self.owner.is_none()
+    }
+}
+
+/// Why a task exists: free text for people and a class for policies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// What the task is for, in words.
+    pub text: String,
+    /// A short machine-readable class, e.g. `code_change`, `support`, `research`.
+    pub class: String,
+}
+
+/// Longest intent text.
+pub const MAX_INTENT_TEXT: usize = 1024;
+/// Longest intent class.
+pub const MAX_INTENT_CLASS: usize = 64;
+
+impl Intent {
+    /// Checks lengths and the class's characters.
+    pub fn check(&self) -> Result<(), String> {
+        if self.text.trim().is_empty() {
+            return Err("intent text is empty".into());
+        }
+        if self.text.len() > MAX_INTENT_TEXT {
+            return Err(format!(
+                "intent text is longer than {MAX_INTENT_TEXT} bytes"
+            ));
+        }
+        if self.text.chars().any(char::is_control) {
+            return Err("intent text has control characters".into());
+        }
+        let class_ok = !self.class.is_empty()
+            && self.class.len() <= MAX_INTENT_CLASS
+            && self
+                .class
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !class_ok {
+            return Err(format!(
+                "intent class `{}` must be 1 to {MAX_INTENT_CLASS} lowercase letters, digits, `_` or `-`",
+                self.class.chars().take(80).collect::<String>()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a task is in its life. Only `Active` confers anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Its credential works, within its scope.
+    Active,
+    /// The agent said it was done.
+    Completed,
+    /// Its TTL ran out.
+    Expired,
+    /// Ended by a person, a kill switch, a parent task ending, or a policy change.
+    Revoked,
+    /// Admission refused it; it never had a credential.
+    Denied,
+}
+
+impl TaskState {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Active => "active",
+            TaskState::Completed => "completed",
+            TaskState::Expired => "expired",
+            TaskState::Revoked => "revoked",
+            TaskState::Denied => "denied",
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "active" => Ok(TaskState::Active),
+            "completed" => Ok(TaskState::Completed),
+            "expired" => Ok(TaskState::Expired),
+            "revoked" => Ok(TaskState::Revoked),
+            "denied" => Ok(TaskState::Denied),
+            other => Err(format!("task state `{other}` is unknown")),
+        }
+    }
+}
+
+/// Why a task left `Active`, in words for the audit and the CLI.
+pub type EndReason = String;
+
+/// The unit of privilege.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Id, carried in the credential.
+    pub id: TaskId,
+    /// The agent working on it.
+    pub agent: AgentId,
+    /// The agent's owner when the task was opened.
+    pub owner: Option<OwnerId>,
+    /// Why it exists.
+    pub intent: Intent,
+    /// What it may do.
+    pub scope: Scope,
+    /// Where it is in its life.
+    pub state: TaskState,
+    /// When it was opened.
+    pub created_at: Timestamp,
+    /// When its privilege ends at the latest.
+    pub expires_at: Timestamp,
+    /// When it left `Active`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Timestamp>,
+    /// Why it left `Active`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<EndReason>,
+    /// RFC 7638 thumbprint of the key the credential is bound to (DPoP `cnf.jkt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
+}
+
+impl Task {
+    /// Whether the task confers privilege at `now`.
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        self.state == TaskState::Active && now < self.expires_at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intent_checks() {
+        let ok = Intent {
+            text: "fix bug 12".into(),
+            class: "code_change".into(),
+        };
+        assert!(ok.check().is_ok());
+        let bad = Intent {
+            text: "x".into(),
+            class: "Code Change".into(),
+        };
+        assert!(bad.check().unwrap_err().contains("`Code Change`"));
+        let empty = Intent {
+            text: "  ".into(),
+            class: "a".into(),
+        };
+        assert_eq!(empty.check().unwrap_err(), "intent text is empty");
+    }
+
+    #[test]
+    fn attestation_json_shape() {
+        let a: Attestation = serde_json::from_value(serde_json::json!({
+            "type": "external_jwt", "issuer": "https://idp", "jwks": "/tmp/jwks.json",
+            "subject": "spiffe://example.org/agent/x", "claims": {"team": "blue"}
+        }))
+        .unwrap();
+        assert_eq!(a.kind(), "external_jwt");
+        assert!(
+            serde_json::from_value::<Attestation>(serde_json::json!({
+                "type": "private_key_jwt", "public_key": "x", "extra": 1
+            }))
+            .is_err()
+        );
+    }
+}
