@@ -1,0 +1,119 @@
+//! The shipped policy pack loads, validates, and decides the basic scenarios as documented.
+
+use std::path::Path;
+
+use mandate_policy::{
+    AdmissionQuery, AgentFacts, EntityIndex, PolicyBundle, Query, TargetKind, TaskFacts,
+    json_to_cedar,
+};
+
+fn pack() -> PolicyBundle {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    PolicyBundle::load_dir(&dir).unwrap_or_else(|e| panic!("shipped pack must load: {e}"))
+}
+
+fn index(b: &PolicyBundle, owner: Option<&str>, tier: &str) -> EntityIndex {
+    let agent = AgentFacts {
+        id: "bot".into(),
+        owner: owner.map(str::to_string),
+        tier: tier.into(),
+        envelope: vec!["read:cases".into(), "export:cases".into(), "call:git.push".into()],
+    };
+    EntityIndex::build(b.schema(), [&agent], []).unwrap()
+}
+
+fn task(class: &str, granted: &[&str], ttl: i64) -> TaskFacts {
+    TaskFacts {
+        id: "t1".into(),
+        intent: "help".into(),
+        intent_class: class.into(),
+        granted: granted.iter().map(|s| s.to_string()).collect(),
+        ttl_seconds: ttl,
+    }
+}
+
+fn request() -> Vec<(String, cedar_policy::RestrictedExpression)> {
+    vec![(
+        "request".into(),
+        json_to_cedar(&serde_json::json!({}), "request").unwrap(),
+    )]
+}
+
+fn decide(b: &PolicyBundle, idx: &EntityIndex, t: &TaskFacts, action: &str, target: &str) -> mandate_policy::Verdict {
+    b.decide(
+        idx,
+        &Query {
+            agent: "bot",
+            action,
+            target_kind: TargetKind::Resource,
+            target,
+            task: t.to_cedar().unwrap(),
+            extra: request(),
+        },
+    )
+}
+
+fn admit(b: &PolicyBundle, idx: &EntityIndex, t: &TaskFacts, dpop: bool) -> mandate_policy::Verdict {
+    b.admit(
+        idx,
+        &AdmissionQuery {
+            agent: "bot",
+            task_id: "t1",
+            task: t.to_cedar().unwrap(),
+            dpop_bound: dpop,
+            request: json_to_cedar(&serde_json::json!({}), "request").unwrap(),
+        },
+    )
+}
+
+#[test]
+fn in_scope_read_is_allowed_out_of_scope_is_denied_by_default() {
+    let b = pack();
+    let idx = index(&b, Some("alice"), "low");
+    let t = task("support", &["read:cases"], 600);
+    let v = decide(&b, &idx, &t, "read", "cases");
+    assert!(v.allowed, "{v:?}");
+    assert_eq!(v.policies, vec!["act-within-task-scope"]);
+    let v = decide(&b, &idx, &t, "write", "cases");
+    assert!(!v.allowed);
+    assert_eq!(v.reason, "no policy permits `write` on resource `cases` (deny by default)");
+}
+
+#[test]
+fn support_task_cannot_export_even_when_granted() {
+    let b = pack();
+    let idx = index(&b, Some("alice"), "low");
+    let t = task("support", &["read:cases", "export:cases"], 600);
+    let v = decide(&b, &idx, &t, "export", "cases");
+    assert!(!v.allowed);
+    assert_eq!(v.policies, vec!["support-tasks-never-export"]);
+    assert!(v.reason.contains("never export"), "{}", v.reason);
+}
+
+#[test]
+fn undeclared_action_is_denied_with_reason() {
+    let b = pack();
+    let idx = index(&b, Some("alice"), "low");
+    let t = task("support", &["frobnicate:cases"], 600);
+    let v = decide(&b, &idx, &t, "frobnicate", "cases");
+    assert!(!v.allowed);
+    assert_eq!(v.reason, "action `frobnicate` is not declared in the policy schema");
+}
+
+#[test]
+fn admission_enforces_envelope_tier_ttl_dpop_and_ownership() {
+    let b = pack();
+    let low = index(&b, Some("alice"), "low");
+    assert!(admit(&b, &low, &task("support", &["read:cases"], 3600), false).allowed);
+    let v = admit(&b, &low, &task("support", &["write:cases"], 600), false);
+    assert!(!v.allowed, "outside envelope");
+    let high = index(&b, Some("alice"), "high");
+    let v = admit(&b, &high, &task("support", &["read:cases"], 3600), true);
+    assert_eq!(v.policies, vec!["tier-high-max-ttl"]);
+    let v = admit(&b, &high, &task("support", &["read:cases"], 600), false);
+    assert_eq!(v.policies, vec!["tier-high-needs-dpop"]);
+    assert!(admit(&b, &high, &task("support", &["read:cases"], 600), true).allowed);
+    let orphan = index(&b, None, "low");
+    let v = admit(&b, &orphan, &task("support", &["read:cases"], 600), false);
+    assert_eq!(v.policies, vec!["orphaned-agent-opens-nothing"]);
+}
