@@ -1,0 +1,127 @@
+//! What can be written, and what reads return besides the core types.
+
+use mandate_core::audit::AuditEvent;
+use mandate_core::{Agent, AgentId, Owner, OwnerId, Task, TaskState, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// Whose API token it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May administer everything.
+    Admin,
+    /// May manage its own agents and their tasks.
+    Owner,
+}
+
+impl Role {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+}
+
+/// A personal API token as stored: only its hash, never the token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenRecord {
+    /// Public id, to list and revoke it.
+    pub id: String,
+    /// SHA-256 of the token.
+    #[serde(skip_serializing)]
+    pub hash: String,
+    /// Admin or owner.
+    pub role: Role,
+    /// The owner it belongs to (owner tokens).
+    pub owner: Option<OwnerId>,
+    /// A label.
+    pub name: String,
+    /// When issued.
+    pub created_at: Timestamp,
+    /// When it stops working, if ever.
+    pub expires_at: Option<Timestamp>,
+    /// When revoked.
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl ApiTokenRecord {
+    /// Whether it may be used at `now`.
+    pub fn usable(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| now < e)
+    }
+}
+
+/// One write. A commit's ops succeed or fail together.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Add an owner; conflicts if the id exists.
+    InsertOwner(Owner),
+    /// Delete an owner and revoke its API tokens (the broker orphans its agents in the same commit).
+    DeleteOwner {
+        /// Which.
+        id: OwnerId,
+        /// When.
+        at: Timestamp,
+    },
+    /// Store a new API token; conflicts if the id or hash exists.
+    InsertApiToken(ApiTokenRecord),
+    /// Revoke an API token.
+    RevokeApiToken {
+        /// Token id.
+        id: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// Register an agent; conflicts if the id exists.
+    InsertAgent(Agent),
+    /// Replace a registered agent.
+    UpdateAgent(Agent),
+    /// Record a new task; conflicts if the id exists.
+    InsertTask(Task),
+    /// Replace a task (state changes). Fails with `NotFound` if absent.
+    UpdateTask(Task),
+    /// Mark a one-time value (assertion or proof `jti`) used until it expires; conflicts if it
+    /// was used before.
+    ConsumeOnce {
+        /// Namespaced value, e.g. `assertion:<agent>:<jti>`.
+        key: String,
+        /// When it may be forgotten.
+        expires_at: Timestamp,
+    },
+    /// Forget one-time values that expired before `before`.
+    PurgeOnce {
+        /// Cut-off.
+        before: Timestamp,
+    },
+    /// Append an event to the audit chain.
+    Audit(AuditEvent),
+    /// Set a key-value pair.
+    SetMeta {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+}
+
+/// What a commit did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Receipt {
+    /// Sequence numbers given to the commit's audit events, in order.
+    pub audit_seqs: Vec<i64>,
+}
+
+/// Which tasks to list.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    /// Only this agent's.
+    pub agent: Option<AgentId>,
+    /// Only agents of this owner.
+    pub owner: Option<OwnerId>,
+    /// Only in this state.
+    pub state: Option<TaskState>,
+    /// At most this many (default 1000).
+    pub limit: Option<i64>,
+}
