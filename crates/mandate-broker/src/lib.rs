@@ -1,1 +1,276 @@
-//! placeholder
+//! The broker: everything Mandate does, without HTTP.
+//!
+//! [`Broker`] owns the in-memory inventory and live tasks, the policy engine, the key ring and the
+//! store. The token service ([`Broker::token`], introspection, revocation) opens and ends tasks;
+//! [`Broker::decide`] answers runtime questions from memory only; the admin operations manage
+//! owners, agents and tasks. Every step is appended to the audit chain.
+//!
+//! Ordering rule: a change that ends privilege (revocation, suspension, completion) flips the
+//! in-memory state first and then commits, so no decision made after the call started can allow
+//! on the old state; a change that grants (a new task) commits first and only then becomes
+//! visible.
+
+mod admin;
+mod attest;
+mod config;
+mod decide;
+mod error;
+mod oauth;
+mod state;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use mandate_core::audit::{AuditEvent, EventKind};
+use mandate_core::{Clock, TaskState, Timestamp};
+use mandate_crypto::KeyRing;
+use mandate_policy::{AgentFacts, EntityIndex, PolicyBundle, PolicyEngine};
+use mandate_store::{Op, Store};
+
+pub use admin::{AgentView, ApiTokenIssued, NewAgent, NewOwner, Principal};
+pub use attest::{ClientAuth, JWT_BEARER, JWT_SPIFFE};
+pub use config::BrokerConfig;
+pub use decide::{DecideInput, DecisionOutcome, DpopInput, Target};
+pub use error::{AdminError, DecideError, OAuthError};
+pub use oauth::{Caller, TASK_DETAILS_TYPE, TokenRequest, TokenResponse};
+
+/// The broker. Cheap to share behind an `Arc`.
+pub struct Broker {
+    pub(crate) cfg: BrokerConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) store: Store,
+    pub(crate) keys: ArcSwap<KeyRing>,
+    pub(crate) policy: PolicyEngine,
+    pub(crate) entities: ArcSwap<EntityIndex>,
+    pub(crate) inventory: state::Inventory,
+    pub(crate) jwks_cache: attest::JwksCache,
+    pub(crate) replay: decide::ReplayCache,
+    http: std::sync::OnceLock<reqwest::Client>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("issuer", &self.cfg.issuer)
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+/// What the broker reports about itself.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Health {
+    /// Always `ok` when the broker answers.
+    pub status: &'static str,
+    /// Number of tasks held in memory.
+    pub tasks_in_memory: usize,
+    /// Fingerprint of the policy set in force.
+    pub policy_digest: String,
+    /// Number of policies in force.
+    pub policies: usize,
+}
+
+impl Broker {
+    /// Starts a broker over `store`: loads the policy directory (refusing to start on a bad one),
+    /// the inventory and the unexpired tasks.
+    pub async fn start(
+        cfg: BrokerConfig,
+        store: Store,
+        keys: KeyRing,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, String> {
+        let bundle = PolicyBundle::load_dir(&cfg.policy_dir)
+            .map_err(|e| format!("policy set refused: {e}"))?;
+        let broker = Broker {
+            policy: PolicyEngine::new(bundle),
+            entities: ArcSwap::from_pointee(EntityIndex::empty()),
+            inventory: state::Inventory::default(),
+            jwks_cache: attest::JwksCache::default(),
+            replay: decide::ReplayCache::default(),
+            keys: ArcSwap::from_pointee(keys),
+            http: std::sync::OnceLock::new(),
+            cfg,
+            clock,
+            store,
+        };
+        broker.load().await.map_err(|e| e.to_string())?;
+        let broker = Arc::new(broker);
+        let current = broker.policy.current();
+        let mut started = broker.event(EventKind::ServerStarted);
+        started.detail = serde_json::json!({
+            "issuer": broker.cfg.issuer,
+            "policy_digest": current.digest(),
+            "policies": current.len(),
+        });
+        broker
+            .store
+            .commit(vec![Op::Audit(started)])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(broker)
+    }
+
+    async fn load(&self) -> Result<(), mandate_store::StoreError> {
+        for o in self.store.owners().await? {
+            self.inventory.put_owner(o);
+        }
+        for a in self.store.agents().await? {
+            self.inventory.put_agent(a);
+        }
+        let now = self.now();
+        let filter = mandate_store::TaskFilter {
+            limit: Some(i64::MAX),
+            ..Default::default()
+        };
+        for t in self.store.tasks(&filter).await? {
+            if t.expires_at > now || t.state == TaskState::Active {
+                self.inventory.put_task(t);
+            }
+        }
+        self.rebuild_entities();
+        Ok(())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.cfg
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The public keys, as a JWK Set.
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::to_value(self.keys.load().jwks()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Current time.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Liveness facts.
+    pub fn health(&self) -> Health {
+        let p = self.policy.current();
+        Health {
+            status: "ok",
+            tasks_in_memory: self.inventory.task_count(),
+            policy_digest: p.digest().to_string(),
+            policies: p.len(),
+        }
+    }
+
+    pub(crate) fn http_client(&self) -> Result<&reqwest::Client, String> {
+        if let Some(c) = self.http.get() {
+            return Ok(c);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("cannot build http client: {e}"))?;
+        Ok(self.http.get_or_init(|| client))
+    }
+
+    /// An audit event of `kind` stamped now.
+    pub(crate) fn event(&self, kind: EventKind) -> AuditEvent {
+        AuditEvent::new(kind, self.now())
+    }
+
+    /// Records an event that accompanies a refusal. If the store cannot take it, the refusal
+    /// stands and the failure is logged.
+    pub(crate) async fn audit_best_effort(&self, e: AuditEvent) {
+        if let Err(err) = self.store.commit(vec![Op::Audit(e)]).await {
+            tracing::error!(error = %err, "could not record audit event");
+        }
+    }
+
+    /// Rebuilds what policies see of agents and owners. Called after every inventory change.
+    pub(crate) fn rebuild_entities(&self) {
+        let agents: Vec<AgentFacts> = self
+            .inventory
+            .agents()
+            .into_iter()
+            .map(|a| AgentFacts {
+                id: a.id.to_string(),
+                owner: a.owner.as_ref().map(ToString::to_string),
+                tier: a.tier.as_str().to_string(),
+                envelope: a.envelope.tokens(),
+            })
+            .collect();
+        let bundle = self.policy.current();
+        match EntityIndex::build(bundle.schema(), &agents, []) {
+            Ok(index) => self.entities.store(Arc::new(index)),
+            Err(e) => tracing::error!(error = %e, "could not rebuild policy entities"),
+        }
+    }
+
+    /// Reloads the policy directory. A bad set changes nothing; either outcome is audited.
+    pub async fn reload_policies(&self, actor: Option<&str>) -> Result<String, String> {
+        match PolicyBundle::load_dir(&self.cfg.policy_dir) {
+            Ok(bundle) => {
+                let digest = bundle.digest().to_string();
+                let count = bundle.len();
+                self.policy.replace(bundle);
+                self.rebuild_entities();
+                let mut e = self.event(EventKind::PolicyLoaded);
+                e.actor = actor.map(str::to_string);
+                e.detail = serde_json::json!({"policy_digest": digest, "policies": count});
+                self.audit_best_effort(e).await;
+                Ok(format!("{count} policies loaded ({digest})"))
+            }
+            Err(err) => {
+                let mut e = self.event(EventKind::PolicyRejected);
+                e.actor = actor.map(str::to_string);
+                e.reason = Some(err.to_string());
+                self.audit_best_effort(e).await;
+                Err(err.to_string())
+            }
+        }
+    }
+
+    /// Periodic upkeep: expires tasks whose TTL ran out, forgets old ended tasks and used
+    /// one-time values. Run it every second or so.
+    pub async fn tick(&self) {
+        let now = self.now();
+        let due = self
+            .inventory
+            .tasks_where(|t| t.state == TaskState::Active && t.expires_at <= now);
+        for entry in due {
+            if let Some(t) = entry.end(TaskState::Expired, now, "its TTL ran out") {
+                let mut e = self.event(EventKind::TaskExpired);
+                e.agent = Some(t.agent.to_string());
+                e.owner = t.owner.as_ref().map(ToString::to_string);
+                e.task = Some(t.id.to_string());
+                e.intent = Some(t.intent.text.clone());
+                e.reason = t.end_reason.clone();
+                if let Err(err) = self.store.commit(vec![Op::UpdateTask(t), Op::Audit(e)]).await {
+                    tracing::error!(error = %err, "could not record task expiry");
+                }
+            }
+        }
+        self.inventory.evict(now.plus_secs(-120));
+        self.replay.purge(now.as_secs());
+    }
+
+    /// Deletes used one-time values that expired; run every few minutes.
+    pub async fn purge_once(&self) {
+        let before = self.now().plus_secs(-self.cfg.leeway);
+        if let Err(err) = self.store.commit(vec![Op::PurgeOnce { before }]).await {
+            tracing::warn!(error = %err, "could not purge used one-time values");
+        }
+    }
+
+    /// Loads the signing key ring (the binary owns where keys are kept).
+    pub fn replace_keys(&self, keys: KeyRing) {
+        self.keys.store(Arc::new(keys));
+    }
+
+    /// Whether the policy directory exists.
+    pub fn policy_dir(&self) -> &Path {
+        &self.cfg.policy_dir
+    }
+}

@@ -84,11 +84,13 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<Result<Receipt, StoreError>>,
 }
 
+#[derive(Clone)]
 enum Reader {
     Sqlite(sqlite::SqliteReader),
 }
 
-/// The store: a writer and readers over one database.
+/// The store: a writer and readers over one database. Clones share them.
+#[derive(Clone)]
 pub struct Store {
     writer: mpsc::Sender<Job>,
     reader: Reader,

@@ -393,6 +393,7 @@ fn from_body<T: serde::de::DeserializeOwned>(row: &SqliteRow) -> Result<T, Store
     serde_json::from_str(&body).map_err(corrupt)
 }
 
+#[derive(Clone)]
 pub(crate) struct SqliteReader {
     pool: SqlitePool,
 }

@@ -1,0 +1,588 @@
+//! The token service: opening tasks (client credentials), introspection (RFC 7662) and
+//! revocation (RFC 7009).
+
+use std::sync::Arc;
+
+use mandate_core::audit::EventKind;
+use mandate_core::scope::Grant;
+use mandate_core::{Agent, Intent, Scope, Task, TaskId, TaskState, Timestamp};
+use mandate_crypto::dpop::{DpopExpectation, verify_dpop};
+use mandate_crypto::{AccessClaims, Confirmation};
+use mandate_policy::{AdmissionQuery, Verdict, json_to_cedar};
+use mandate_store::{Op, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::admin::Principal;
+use crate::attest::{Authenticated, ClientAuth};
+use crate::error::OAuthError;
+use crate::state::{TaskEntry, task_facts};
+use crate::Broker;
+
+/// The RFC 9396 `type` of Mandate's task description.
+pub const TASK_DETAILS_TYPE: &str = "mandate_task";
+/// Largest `authorization_details` parameter accepted.
+pub const MAX_DETAILS_BYTES: usize = 16 * 1024;
+/// Most entries in `authorization_details`.
+pub const MAX_DETAILS_ENTRIES: usize = 16;
+
+/// A token request, as the HTTP layer parsed it.
+#[derive(Clone, Debug, Default)]
+pub struct TokenRequest {
+    /// `grant_type`.
+    pub grant_type: Option<String>,
+    /// Client authentication.
+    pub auth: ClientAuth,
+    /// `scope`.
+    pub scope: Option<String>,
+    /// `authorization_details` (a JSON array, as sent).
+    pub authorization_details: Option<String>,
+    /// The `DPoP` header.
+    pub dpop: Option<String>,
+}
+
+/// A successful token response (RFC 6749 section 5.1, RFC 9396 section 7).
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenResponse {
+    /// The task credential.
+    pub access_token: String,
+    /// `DPoP` when key-bound, else `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until it expires.
+    pub expires_in: i64,
+    /// Granted scope.
+    pub scope: String,
+    /// Granted task.
+    pub authorization_details: Value,
+    /// The task's id.
+    pub task_id: String,
+}
+
+/// Mandate's task description inside `authorization_details`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskDetails {
+    #[serde(rename = "type")]
+    _type: String,
+    intent: Option<String>,
+    intent_class: Option<String>,
+    ttl: Option<i64>,
+    #[serde(default)]
+    access: Vec<Grant>,
+}
+
+/// What an agent asked for, parsed and checked for form.
+#[derive(Debug)]
+struct TaskAsk {
+    intent: Intent,
+    scope: Scope,
+    ttl: i64,
+    via_details: bool,
+}
+
+fn details_error(reason: String) -> OAuthError {
+    OAuthError::InvalidAuthorizationDetails {
+        reason,
+        policies: Vec::new(),
+        task_id: None,
+    }
+}
+
+impl Broker {
+    fn parse_ask(&self, req: &TokenRequest, agent: &Agent) -> Result<TaskAsk, OAuthError> {
+        let mut scope = match &req.scope {
+            Some(s) => Scope::parse(s)
+                .map_err(|e| OAuthError::InvalidScope {
+                    reason: format!("scope is malformed: {e}"),
+                    policies: Vec::new(),
+                    task_id: None,
+                })?,
+            None => Scope::empty(),
+        };
+        let mut intent = agent.default_intent.clone();
+        let mut ttl = None;
+        let mut via_details = false;
+        if let Some(raw) = &req.authorization_details {
+            via_details = true;
+            if raw.len() > MAX_DETAILS_BYTES {
+                return Err(details_error(format!(
+                    "authorization_details is larger than {MAX_DETAILS_BYTES} bytes"
+                )));
+            }
+            let items: Vec<Value> = serde_json::from_str(raw).map_err(|e| {
+                details_error(format!("authorization_details is not a JSON array of objects: {e}"))
+            })?;
+            if items.len() > MAX_DETAILS_ENTRIES {
+                return Err(details_error(format!(
+                    "authorization_details has more than {MAX_DETAILS_ENTRIES} entries"
+                )));
+            }
+            let mut seen = false;
+            for item in items {
+                let ty = item.get("type").and_then(Value::as_str).unwrap_or("");
+                if ty != TASK_DETAILS_TYPE {
+                    return Err(details_error(format!(
+                        "authorization_details type `{}` is not supported; use `{TASK_DETAILS_TYPE}`",
+                        ty.chars().take(64).collect::<String>()
+                    )));
+                }
+                if seen {
+                    return Err(details_error(format!(
+                        "send one `{TASK_DETAILS_TYPE}` entry per task"
+                    )));
+                }
+                seen = true;
+                let d: TaskDetails = serde_json::from_value(item)
+                    .map_err(|e| details_error(format!("`{TASK_DETAILS_TYPE}` entry: {e}")))?;
+                if let Some(text) = d.intent {
+                    intent.text = text;
+                }
+                if let Some(class) = d.intent_class {
+                    intent.class = class;
+                }
+                ttl = d.ttl;
+                let asked = Scope::from_grants(&d.access)
+                    .map_err(|e| details_error(format!("`access`: {e}")))?;
+                for (a, t) in asked.pairs() {
+                    scope.insert(a, t).map_err(|e| details_error(e.to_string()))?;
+                }
+            }
+        }
+        intent.check().map_err(details_error)?;
+        if scope.is_empty() {
+            return Err(OAuthError::InvalidRequest(
+                "a task must ask for something: send `scope` or `authorization_details` with `access`"
+                    .into(),
+            ));
+        }
+        let ttl = ttl.unwrap_or(self.cfg.default_task_ttl);
+        if ttl < 1 || ttl > self.cfg.max_task_ttl {
+            return Err(details_error(format!(
+                "ttl must be between 1 and {} seconds",
+                self.cfg.max_task_ttl
+            )));
+        }
+        Ok(TaskAsk {
+            intent,
+            scope,
+            ttl,
+            via_details,
+        })
+    }
+
+    /// The token endpoint: authenticates the agent, admits (or denies) the task it asks for, and
+    /// issues its credential.
+    pub async fn token(&self, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+        match req.grant_type.as_deref() {
+            Some("client_credentials") => {}
+            Some(other) => {
+                let msg = format!(
+                    "grant_type `{}` is not supported; use `client_credentials`",
+                    other.chars().take(80).collect::<String>()
+                );
+                self.reject(None, &msg).await;
+                return Err(OAuthError::UnsupportedGrantType(msg));
+            }
+            None => {
+                let msg = "`grant_type` is missing".to_string();
+                self.reject(None, &msg).await;
+                return Err(OAuthError::InvalidRequest(msg));
+            }
+        }
+        let Authenticated { agent, mut once } = self.authenticate_agent(&req.auth).await?;
+        let ask = match self.parse_ask(req, &agent) {
+            Ok(a) => a,
+            Err(e) => {
+                // The assertion is spent even though the request was malformed.
+                self.spend(&agent, &once, &e.to_string()).await?;
+                return Err(e);
+            }
+        };
+        let now = self.now();
+        // Proof of possession: the credential will be bound to the key that signed this proof.
+        let jkt = match &req.dpop {
+            Some(proof) => {
+                let endpoint = self.cfg.token_endpoint();
+                let want = DpopExpectation {
+                    method: "POST",
+                    url: &endpoint,
+                    access_token: None,
+                    now: now.as_secs(),
+                    max_age: self.cfg.dpop_max_age,
+                };
+                match verify_dpop(proof, &want) {
+                    Ok(p) => {
+                        once.push((
+                            format!("dpop:{}:{}", p.jkt, p.jti),
+                            Timestamp::from_secs(p.iat + self.cfg.dpop_max_age + self.cfg.leeway),
+                        ));
+                        Some(p.jkt)
+                    }
+                    Err(e) => {
+                        let e = OAuthError::InvalidDpopProof(format!("dpop proof refused: {e}"));
+                        self.spend(&agent, &once, &e.to_string()).await?;
+                        return Err(e);
+                    }
+                }
+            }
+            None if self.cfg.dpop_required.contains(&agent.tier) => {
+                let e = OAuthError::InvalidDpopProof(format!(
+                    "{}-tier agents must send a DPoP proof to bind their credential",
+                    agent.tier
+                ));
+                self.spend(&agent, &once, &e.to_string()).await?;
+                return Err(e);
+            }
+            None => None,
+        };
+        let task = Task {
+            id: TaskId::generate(),
+            agent: agent.id.clone(),
+            owner: agent.owner.clone(),
+            intent: ask.intent.clone(),
+            scope: ask.scope.clone(),
+            state: TaskState::Active,
+            created_at: now,
+            expires_at: now.plus_secs(ask.ttl),
+            ended_at: None,
+            end_reason: None,
+            jkt: jkt.clone(),
+        };
+        let verdict = self.admit(&agent, &task);
+        let mut ops: Vec<Op> = once
+            .iter()
+            .map(|(key, exp)| Op::ConsumeOnce {
+                key: key.clone(),
+                expires_at: *exp,
+            })
+            .collect();
+        let mut e = self.event(if verdict.allowed {
+            EventKind::TaskOpened
+        } else {
+            EventKind::TaskDenied
+        });
+        e.agent = Some(agent.id.to_string());
+        e.owner = agent.owner.as_ref().map(ToString::to_string);
+        e.task = Some(task.id.to_string());
+        e.intent = Some(task.intent.text.clone());
+        e.action = Some("open_task".into());
+        e.decision = Some(if verdict.allowed { "allow" } else { "deny" }.into());
+        e.policies = verdict.policies.clone();
+        e.reason = Some(verdict.reason.clone());
+        e.detail = serde_json::json!({
+            "intent_class": task.intent.class,
+            "scope": task.scope.to_string(),
+            "ttl": ask.ttl,
+            "dpop_bound": jkt.is_some(),
+        });
+        if !verdict.allowed {
+            let mut denied = task.clone();
+            denied.state = TaskState::Denied;
+            denied.ended_at = Some(now);
+            denied.end_reason = Some(verdict.reason.clone());
+            ops.push(Op::InsertTask(denied));
+            ops.push(Op::Audit(e));
+            self.commit_spending(&agent, ops).await?;
+            metrics::counter!("mandate_tasks_denied_total").increment(1);
+            let (reason, policies, task_id) =
+                (verdict.reason, verdict.policies, Some(task.id.to_string()));
+            return Err(if ask.via_details {
+                OAuthError::InvalidAuthorizationDetails {
+                    reason,
+                    policies,
+                    task_id,
+                }
+            } else {
+                OAuthError::InvalidScope {
+                    reason,
+                    policies,
+                    task_id,
+                }
+            });
+        }
+        let details = serde_json::json!([{
+            "type": TASK_DETAILS_TYPE,
+            "intent": task.intent.text,
+            "intent_class": task.intent.class,
+            "ttl": ask.ttl,
+            "access": task.scope,
+        }]);
+        let claims = AccessClaims {
+            iss: self.cfg.issuer.clone(),
+            sub: agent.id.to_string(),
+            aud: self.cfg.audience.clone(),
+            exp: task.expires_at.as_secs(),
+            iat: now.as_secs(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            client_id: agent.id.to_string(),
+            scope: task.scope.to_string(),
+            task_id: task.id.to_string(),
+            authorization_details: details.clone(),
+            cnf: jkt.clone().map(|jkt| Confirmation { jkt }),
+            act: None,
+        };
+        let token = self
+            .keys
+            .load()
+            .issue_access_token(&claims)
+            .map_err(|e| OAuthError::ServerError(format!("cannot sign credential: {e}")))?;
+        ops.push(Op::InsertTask(task.clone()));
+        ops.push(Op::Audit(e));
+        self.commit_spending(&agent, ops).await?;
+        self.inventory.put_task(task.clone());
+        metrics::counter!("mandate_tasks_opened_total").increment(1);
+        Ok(TokenResponse {
+            access_token: token,
+            token_type: if jkt.is_some() { "DPoP" } else { "Bearer" },
+            expires_in: task.expires_at.as_secs() - now.as_secs(),
+            scope: task.scope.to_string(),
+            authorization_details: details,
+            task_id: task.id.to_string(),
+        })
+    }
+
+    fn admit(&self, agent: &Agent, task: &Task) -> Verdict {
+        if agent.is_orphaned() {
+            return Verdict::deny(
+                "mandate:ownership",
+                format!("agent `{}` has no owner; an orphaned agent may not open tasks", agent.id),
+            );
+        }
+        let excess = task.scope.excess_over(&agent.envelope);
+        if !excess.is_empty() {
+            return Verdict::deny(
+                "mandate:envelope",
+                format!(
+                    "{} outside agent `{}`'s envelope",
+                    excess
+                        .iter()
+                        .map(|x| format!("`{x}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                        + if excess.len() == 1 { " is" } else { " are" },
+                    agent.id
+                ),
+            );
+        }
+        let facts = match task_facts(task).to_cedar() {
+            Ok(f) => f,
+            Err(e) => return Verdict::deny("mandate:context", e.to_string()),
+        };
+        let request = match json_to_cedar(&serde_json::json!({}), "request") {
+            Ok(r) => r,
+            Err(e) => return Verdict::deny("mandate:context", e.to_string()),
+        };
+        let bundle = self.policy.current();
+        bundle.admit(
+            &self.entities.load(),
+            &AdmissionQuery {
+                agent: agent.id.as_str(),
+                task_id: task.id.as_str(),
+                task: facts,
+                dpop_bound: task.jkt.is_some(),
+                request,
+            },
+        )
+    }
+
+    /// Commits ops that spend one-time values; a conflict means a replayed assertion or proof.
+    async fn commit_spending(&self, agent: &Agent, ops: Vec<Op>) -> Result<(), OAuthError> {
+        match self.store.commit(ops).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Conflict(_)) => {
+                let msg = "client assertion or dpop proof was already used (replay refused)";
+                let mut e = self.event(EventKind::AttestationFailed);
+                e.agent = Some(agent.id.to_string());
+                e.owner = agent.owner.as_ref().map(ToString::to_string);
+                e.reason = Some(msg.into());
+                self.audit_best_effort(e).await;
+                Err(OAuthError::InvalidClient(msg.into()))
+            }
+            Err(e) => Err(OAuthError::ServerError(format!(
+                "the request could not be recorded, so nothing was granted: {e}"
+            ))),
+        }
+    }
+
+    /// Spends the one-time values of a refused request and records the refusal.
+    async fn spend(
+        &self,
+        agent: &Agent,
+        once: &[(String, Timestamp)],
+        reason: &str,
+    ) -> Result<(), OAuthError> {
+        let mut e = self.event(EventKind::RequestRejected);
+        e.agent = Some(agent.id.to_string());
+        e.owner = agent.owner.as_ref().map(ToString::to_string);
+        e.reason = Some(reason.to_string());
+        let mut ops: Vec<Op> = once
+            .iter()
+            .map(|(key, exp)| Op::ConsumeOnce {
+                key: key.clone(),
+                expires_at: *exp,
+            })
+            .collect();
+        ops.push(Op::Audit(e));
+        self.commit_spending(agent, ops).await
+    }
+
+    /// Records a request refused before the agent was known.
+    pub(crate) async fn reject(&self, agent: Option<&str>, reason: &str) {
+        let mut e = self.event(EventKind::RequestRejected);
+        e.agent = agent.map(str::to_string);
+        e.reason = Some(reason.to_string());
+        self.audit_best_effort(e).await;
+    }
+
+    /// Records a request refused by the HTTP layer (oversized body, malformed JSON…).
+    pub async fn record_rejected_request(&self, path: &str, reason: &str) {
+        let mut e = self.event(EventKind::RequestRejected);
+        e.resource = Some(path.chars().take(200).collect());
+        e.reason = Some(reason.to_string());
+        self.audit_best_effort(e).await;
+    }
+
+    /// Verifies a credential's signature and times without looking at its task.
+    fn verify_signature(&self, token: &str) -> Option<AccessClaims> {
+        self.keys
+            .load()
+            .verify_access_token(token, &self.cfg.issuer, &self.cfg.audience, self.now().as_secs())
+            .ok()
+    }
+
+    /// RFC 7662 introspection. Agents may introspect their own credentials; owners those of their
+    /// agents; admins any. Anything else is reported inactive.
+    pub async fn introspect(
+        &self,
+        caller: &Caller,
+        token: &str,
+    ) -> Result<Value, OAuthError> {
+        let inactive = serde_json::json!({"active": false});
+        let Some(claims) = self.verify_signature(token) else {
+            return Ok(inactive);
+        };
+        let Some(entry) = self.inventory.task(&claims.task_id) else {
+            return Ok(inactive);
+        };
+        let task = entry.read().clone();
+        let visible = match caller {
+            Caller::Agent(a) => a.as_str() == claims.sub,
+            Caller::Person(Principal::Admin { .. }) => true,
+            Caller::Person(Principal::Owner { owner, .. }) => task.owner.as_ref() == Some(owner),
+        };
+        if !visible || !task.is_live(self.now()) {
+            return Ok(inactive);
+        }
+        let mut v = serde_json::to_value(&claims).unwrap_or(Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("active".into(), Value::Bool(true));
+            o.insert(
+                "token_type".into(),
+                Value::String(if claims.cnf.is_some() { "DPoP" } else { "Bearer" }.into()),
+            );
+        }
+        Ok(v)
+    }
+
+    /// RFC 7009 revocation. An agent revoking its own credential completes its task; a person
+    /// revoking one revokes the task. Unknown, invalid or already ended credentials are not an
+    /// error, as the RFC asks.
+    pub async fn revoke_token(&self, caller: &Caller, token: &str) -> Result<(), OAuthError> {
+        let Some(claims) = self.verify_signature(token) else {
+            return Ok(());
+        };
+        let Some(entry) = self.inventory.task(&claims.task_id) else {
+            return Ok(());
+        };
+        let owner = entry.read().owner.clone();
+        let (state, reason, actor) = match caller {
+            Caller::Agent(a) if a.as_str() == claims.sub => {
+                (TaskState::Completed, "the agent completed its task".to_string(), None)
+            }
+            Caller::Agent(_) => {
+                return Err(OAuthError::UnauthorizedClient(
+                    "the credential was not issued to this client".into(),
+                ));
+            }
+            Caller::Person(p) => {
+                if let Principal::Owner { owner: o, .. } = p
+                    && owner.as_ref() != Some(o)
+                {
+                    return Err(OAuthError::UnauthorizedClient(
+                        "the credential belongs to another owner's agent".into(),
+                    ));
+                }
+                (
+                    TaskState::Revoked,
+                    format!("revoked by {}", p.name()),
+                    Some(p.name()),
+                )
+            }
+        };
+        self.end_task(&entry, state, &reason, actor.as_deref())
+            .await
+            .map_err(OAuthError::ServerError)
+    }
+
+    /// Ends a task (if still active) and records it.
+    pub(crate) async fn end_task(
+        &self,
+        entry: &Arc<TaskEntry>,
+        state: TaskState,
+        reason: &str,
+        actor: Option<&str>,
+    ) -> Result<(), String> {
+        let Some(t) = entry.end(state, self.now(), reason) else {
+            return Ok(());
+        };
+        let ops = self.end_ops(t, actor);
+        self.store
+            .commit(ops)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("the task was ended here but could not be recorded: {e}"))
+    }
+
+    /// The writes that record an ended task.
+    pub(crate) fn end_ops(&self, t: Task, actor: Option<&str>) -> Vec<Op> {
+        let mut e = self.event(match t.state {
+            TaskState::Completed => EventKind::TaskCompleted,
+            TaskState::Expired => EventKind::TaskExpired,
+            TaskState::Active | TaskState::Revoked | TaskState::Denied => EventKind::TaskRevoked,
+        });
+        e.actor = actor.map(str::to_string);
+        e.agent = Some(t.agent.to_string());
+        e.owner = t.owner.as_ref().map(ToString::to_string);
+        e.task = Some(t.id.to_string());
+        e.intent = Some(t.intent.text.clone());
+        e.reason = t.end_reason.clone();
+        vec![Op::UpdateTask(t), Op::Audit(e)]
+    }
+}
+
+/// Who calls introspection or revocation.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// An agent, authenticated by its client assertion.
+    Agent(mandate_core::AgentId),
+    /// A person, authenticated by an API token.
+    Person(Principal),
+}
+
+impl Broker {
+    /// Authenticates an agent calling introspection or revocation, spending its assertion.
+    pub async fn authenticate_caller(&self, auth: &ClientAuth) -> Result<Caller, OAuthError> {
+        let Authenticated { agent, once } = self.authenticate_agent(auth).await?;
+        let ops: Vec<Op> = once
+            .iter()
+            .map(|(key, exp)| Op::ConsumeOnce {
+                key: key.clone(),
+                expires_at: *exp,
+            })
+            .collect();
+        if !ops.is_empty() {
+            self.commit_spending(&agent, ops).await?;
+        }
+        Ok(Caller::Agent(agent.id))
+    }
+}
