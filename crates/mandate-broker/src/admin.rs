@@ -7,6 +7,7 @@ use mandate_core::{
     TaskState, Tier, Timestamp,
 };
 use mandate_crypto::{ApiToken, SecretString, hash_api_token};
+
 use mandate_store::{ApiTokenRecord, Op, Role, TaskFilter};
 use serde::{Deserialize, Serialize};
 
@@ -183,13 +184,14 @@ fn check_attestation(a: &Attestation) -> Result<(), AdminError> {
 }
 
 impl Broker {
-    /// Creates the bootstrap admin credential on first start. Returns the token the one time it
-    /// is created; the caller writes it where the operator can read it.
-    pub async fn bootstrap_admin(&self) -> Result<Option<SecretString>, AdminError> {
-        if self.store.meta(BOOTSTRAP_KEY).await?.is_some() {
-            return Ok(None);
-        }
-        let token = ApiToken::generate();
+    /// Whether the bootstrap admin credential still has to be created (first start).
+    pub async fn needs_bootstrap(&self) -> Result<bool, AdminError> {
+        Ok(self.store.meta(BOOTSTRAP_KEY).await?.is_none())
+    }
+
+    /// Records the bootstrap admin credential, given only its hash: the caller generated the
+    /// token and has already written it where the operator can read it.
+    pub async fn record_bootstrap(&self, token_hash: String) -> Result<(), AdminError> {
         let id = format!("tok_{}", uuid::Uuid::new_v4().simple());
         let mut e = self.event(EventKind::ApiTokenIssued);
         e.actor = Some("system".into());
@@ -198,7 +200,7 @@ impl Broker {
             .commit(vec![
                 Op::InsertApiToken(ApiTokenRecord {
                     id: id.clone(),
-                    hash: token.hash.clone(),
+                    hash: token_hash,
                     role: Role::Admin,
                     owner: None,
                     name: "bootstrap".into(),
@@ -213,7 +215,7 @@ impl Broker {
                 Op::Audit(e),
             ])
             .await?;
-        Ok(Some(token.plaintext))
+        Ok(())
     }
 
     /// Authenticates a person by API token.

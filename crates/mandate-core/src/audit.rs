@@ -243,20 +243,38 @@ impl ChainReport {
 /// How far from its position a moved record is looked for.
 const MOVE_WINDOW: i64 = 64;
 
-/// Checks records (in the order the store returns them, by ascending `seq`) against each other and
-/// against the stored head (`expected_head`: last seq and hash), reporting every problem found.
-pub fn verify_chain<'a>(
-    records: impl IntoIterator<Item = &'a AuditRecord>,
-    expected_head: Option<(i64, &str)>,
-) -> ChainReport {
-    let mut report = ChainReport {
-        last_hash: GENESIS_HASH.to_string(),
-        ..ChainReport::default()
-    };
-    let mut expected_seq = 1i64;
-    let mut prev_hash = GENESIS_HASH.to_string();
-    for r in records {
+/// Checks a chain record by record, so a long chain can be verified page by page.
+#[derive(Debug)]
+pub struct ChainVerifier {
+    report: ChainReport,
+    expected_seq: i64,
+    prev_hash: String,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        ChainVerifier {
+            report: ChainReport {
+                last_hash: GENESIS_HASH.to_string(),
+                ..ChainReport::default()
+            },
+            expected_seq: 1,
+            prev_hash: GENESIS_HASH.to_string(),
+        }
+    }
+}
+
+impl ChainVerifier {
+    /// A verifier expecting the chain from its first record.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Checks the next record (records must come by ascending `seq`).
+    pub fn push(&mut self, r: &AuditRecord) {
+        let report = &mut self.report;
         report.records += 1;
+        let expected_seq = self.expected_seq;
         if r.seq > expected_seq {
             let msg = if r.seq == expected_seq + 1 {
                 format!("record {expected_seq} is missing (deleted)")
@@ -295,7 +313,7 @@ pub fn verify_chain<'a>(
                 seq: r.seq,
                 message,
             });
-        } else if r.prev_hash != prev_hash && r.seq == expected_seq {
+        } else if r.prev_hash != self.prev_hash && r.seq == expected_seq {
             report.problems.push(ChainProblem {
                 seq: r.seq,
                 message: format!(
@@ -311,37 +329,60 @@ pub fn verify_chain<'a>(
                 message: format!("record {} does not hold a readable event", r.seq),
             });
         }
-        prev_hash = r.hash.clone();
-        expected_seq = r.seq.max(expected_seq) + 1;
+        self.prev_hash = r.hash.clone();
+        self.expected_seq = r.seq.max(expected_seq) + 1;
         report.last_seq = r.seq;
         report.last_hash = r.hash.clone();
     }
-    if let Some((head_seq, head_hash)) = expected_head {
-        if head_seq > report.last_seq {
+
+    /// Ends the check against the stored head (last seq and hash), if there is one.
+    pub fn finish(mut self, expected_head: Option<(i64, &str)>) -> ChainReport {
+        let report = &mut self.report;
+        if let Some((head_seq, head_hash)) = expected_head {
+            if head_seq > report.last_seq {
+                report.problems.push(ChainProblem {
+                    seq: report.last_seq + 1,
+                    message: format!(
+                        "records {} to {head_seq} at the end are missing (deleted)",
+                        report.last_seq + 1
+                    ),
+                });
+            } else if head_seq == report.last_seq && head_hash != report.last_hash {
+                report.problems.push(ChainProblem {
+                    seq: head_seq,
+                    message: format!(
+                        "the last record {head_seq} does not match the recorded head of the chain"
+                    ),
+                });
+            } else if head_seq < report.last_seq {
+                report.problems.push(ChainProblem {
+                    seq: head_seq + 1,
+                    message: format!(
+                        "records after {head_seq} were added outside the chain's head"
+                    ),
+                });
+            }
+        } else if report.records > 0 {
             report.problems.push(ChainProblem {
-                seq: report.last_seq + 1,
-                message: format!(
-                    "records {} to {head_seq} at the end are missing (deleted)",
-                    report.last_seq + 1
-                ),
-            });
-        } else if head_seq == report.last_seq && head_hash != report.last_hash {
-            report.problems.push(ChainProblem {
-                seq: head_seq,
-                message: format!(
-                    "the last record {head_seq} does not match the recorded head of the chain"
-                ),
-            });
-        } else if head_seq < report.last_seq {
-            report.problems.push(ChainProblem {
-                seq: head_seq + 1,
-                message: format!(
-                    "records after {head_seq} were added outside the chain's head"
-                ),
+                seq: report.last_seq,
+                message: "the chain has records but no recorded head".into(),
             });
         }
+        self.report
     }
-    report
+}
+
+/// Checks records (by ascending `seq`) against each other and against the stored head
+/// (`expected_head`: last seq and hash), reporting every problem found.
+pub fn verify_chain<'a>(
+    records: impl IntoIterator<Item = &'a AuditRecord>,
+    expected_head: Option<(i64, &str)>,
+) -> ChainReport {
+    let mut v = ChainVerifier::new();
+    for r in records {
+        v.push(r);
+    }
+    v.finish(expected_head)
 }
 
 #[cfg(test)]

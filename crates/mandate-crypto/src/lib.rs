@@ -11,6 +11,7 @@ mod b64;
 pub mod dpop;
 pub mod error;
 pub mod assertion;
+pub mod client;
 mod jws;
 pub mod jwk;
 pub mod keys;

@@ -1,1 +1,199 @@
-//! placeholder
+//! The HTTP front of Mandate.
+//!
+//! OAuth endpoints (`/oauth/*`, RFC 6749/7523/9449/7662/7009), metadata (RFC 8414) and JWKS, the
+//! decision API (`/v1/decide`), the admin API (`/admin/v1/*`), `/metrics` and `/healthz`.
+//! Handlers parse and size-check input, call the [`mandate_broker::Broker`], and map its typed
+//! errors to statuses here, one arm per variant.
+
+mod admin;
+mod body;
+mod errors;
+mod oauth;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use mandate_broker::{Broker, DecideInput, DpopInput, Target};
+use mandate_policy::TargetKind;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+
+pub use body::MAX_BODY_BYTES;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    broker: Arc<Broker>,
+    metrics: Option<PrometheusHandle>,
+}
+
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 1.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .and_then(PrometheusBuilder::install_recorder)
+                .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+                .ok()
+        })
+        .clone()
+}
+
+/// The whole HTTP application.
+pub fn router(broker: Arc<Broker>) -> Router {
+    let state = AppState {
+        broker,
+        metrics: metrics_handle(),
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/.well-known/oauth-authorization-server", get(oauth::metadata))
+        .route("/.well-known/jwks.json", get(oauth::jwks))
+        .route("/oauth/token", post(oauth::token))
+        .route("/oauth/introspect", post(oauth::introspect))
+        .route("/oauth/revoke", post(oauth::revoke))
+        .route("/v1/decide", post(decide))
+        .merge(admin::routes())
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(broker))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn not_found() -> Response {
+    errors::json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    axum::Json(s.broker.health()).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    match &s.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => errors::json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "metrics are not available in this process",
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DpopBody {
+    proof: String,
+    method: String,
+    url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourceBody {
+    #[serde(rename = "type")]
+    kind: TargetKind,
+    id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideBody {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    dpop: Option<DpopBody>,
+    action: String,
+    resource: ResourceBody,
+    #[serde(default)]
+    context: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The credential from `Authorization: Bearer|DPoP <token>`, and whether the DPoP scheme was used.
+pub(crate) fn auth_header(headers: &HeaderMap) -> Option<(String, bool)> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    let token = rest.trim().to_string();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Some((token, false))
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Some((token, true))
+    } else {
+        None
+    }
+}
+
+async fn decide(State(s): State<AppState>, headers: HeaderMap, body: body::Limited) -> Response {
+    let parsed: DecideBody = match body.json(&s.broker, "/v1/decide").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (token, dpop) = match (parsed.token, auth_header(&headers)) {
+        (Some(t), _) => (
+            t,
+            parsed.dpop.map(|d| DpopInput {
+                proof: d.proof,
+                method: d.method,
+                url: d.url,
+            }),
+        ),
+        (None, Some((t, _))) => {
+            let proof = headers
+                .get("dpop")
+                .and_then(|v| v.to_str().ok())
+                .map(|p| DpopInput {
+                    proof: p.to_string(),
+                    method: "POST".into(),
+                    url: s.broker.config().decide_endpoint(),
+                });
+            (t, proof)
+        }
+        (None, None) => {
+            return errors::decide_error(mandate_broker::DecideError::InvalidToken(
+                "a task credential is required: send `token` or an Authorization header".into(),
+            ));
+        }
+    };
+    let input = DecideInput {
+        token,
+        dpop,
+        action: parsed.action,
+        target: Target {
+            kind: parsed.resource.kind,
+            id: parsed.resource.id,
+        },
+        context: parsed.context,
+    };
+    match s.broker.decide(&input).await {
+        Ok(outcome) => axum::Json(outcome).into_response(),
+        Err(e) => errors::decide_error(e),
+    }
+}

@@ -1,0 +1,242 @@
+//! The admin API: people managing owners, agents and tasks. Every route needs a person's API
+//! token; agent credentials are refused.
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use mandate_broker::{AdminError, NewAgent, NewOwner, Principal};
+use serde::{Deserialize, Serialize};
+
+use crate::body::Limited;
+use crate::errors::admin_error;
+use crate::AppState;
+
+/// The authenticated person making an admin call.
+pub(crate) struct Person(Principal);
+
+impl FromRequestParts<AppState> for Person {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, Response> {
+        let bearer = crate::auth_header(&parts.headers).map(|(t, _)| t);
+        s.broker
+            .authenticate_person(bearer.as_deref())
+            .await
+            .map(Person)
+            .map_err(admin_error)
+    }
+}
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/v1/whoami", get(whoami))
+        .route("/admin/v1/owners", get(list_owners).post(add_owner))
+        .route("/admin/v1/owners/{id}", get(show_owner).delete(remove_owner))
+        .route("/admin/v1/owners/{id}/tokens", get(list_tokens).post(issue_token))
+        .route(
+            "/admin/v1/owners/{id}/tokens/{token}",
+            axum::routing::delete(revoke_token),
+        )
+        .route("/admin/v1/agents", get(list_agents).post(add_agent))
+        .route("/admin/v1/agents/{id}", get(show_agent))
+        .route("/admin/v1/agents/{id}/suspend", post(suspend_agent))
+        .route("/admin/v1/agents/{id}/resume", post(resume_agent))
+        .route("/admin/v1/tasks", get(list_tasks))
+        .route("/admin/v1/tasks/{id}", get(show_task))
+        .route("/admin/v1/tasks/{id}/revoke", post(revoke_task))
+        .route("/admin/v1/policies/reload", post(reload_policies))
+}
+
+fn ok<T: Serialize>(r: Result<T, AdminError>) -> Response {
+    match r {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => admin_error(e),
+    }
+}
+
+fn created<T: Serialize>(r: Result<T, AdminError>) -> Response {
+    match r {
+        Ok(v) => (StatusCode::CREATED, axum::Json(v)).into_response(),
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn json<T: serde::de::DeserializeOwned>(s: &AppState, body: Limited, path: &str) -> Result<T, Response> {
+    body.json(&s.broker, path).await
+}
+
+async fn whoami(Person(p): Person) -> Response {
+    let (role, owner) = match &p {
+        Principal::Admin { .. } => ("admin", None),
+        Principal::Owner { owner, .. } => ("owner", Some(owner.to_string())),
+    };
+    axum::Json(serde_json::json!({"role": role, "owner": owner, "name": p.name()})).into_response()
+}
+
+async fn list_owners(State(s): State<AppState>, Person(p): Person) -> Response {
+    axum::Json(s.broker.owners(&p)).into_response()
+}
+
+async fn add_owner(State(s): State<AppState>, Person(p): Person, body: Limited) -> Response {
+    let new: NewOwner = match json(&s, body, "/admin/v1/owners").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    created(s.broker.add_owner(&p, new).await)
+}
+
+async fn show_owner(State(s): State<AppState>, Person(p): Person, Path(id): Path<String>) -> Response {
+    ok(s.broker.owner(&p, &id))
+}
+
+async fn remove_owner(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(id): Path<String>,
+) -> Response {
+    ok(s
+        .broker
+        .remove_owner(&p, &id)
+        .await
+        .map(|orphaned| serde_json::json!({"removed": id, "orphaned_agents": orphaned})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueToken {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    days: Option<i64>,
+}
+
+async fn issue_token(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(id): Path<String>,
+    body: Limited,
+) -> Response {
+    let req: IssueToken = match json(&s, body, "/admin/v1/owners/{id}/tokens").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    created(s.broker.issue_api_token(&p, &id, req.name, req.days).await)
+}
+
+async fn list_tokens(State(s): State<AppState>, Person(p): Person, Path(id): Path<String>) -> Response {
+    ok(s.broker.api_tokens(&p, &id).await)
+}
+
+async fn revoke_token(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path((id, token)): Path<(String, String)>,
+) -> Response {
+    ok(s
+        .broker
+        .revoke_api_token(&p, &id, &token)
+        .await
+        .map(|()| serde_json::json!({"revoked": token})))
+}
+
+async fn list_agents(State(s): State<AppState>, Person(p): Person) -> Response {
+    axum::Json(s.broker.agents(&p)).into_response()
+}
+
+async fn add_agent(State(s): State<AppState>, Person(p): Person, body: Limited) -> Response {
+    let new: NewAgent = match json(&s, body, "/admin/v1/agents").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    created(s.broker.add_agent(&p, new).await)
+}
+
+async fn show_agent(State(s): State<AppState>, Person(p): Person, Path(id): Path<String>) -> Response {
+    ok(s.broker.agent(&p, &id))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn optional_reason(s: &AppState, body: Limited, path: &str) -> Result<Option<String>, Response> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let r: ReasonBody = json(s, body, path).await?;
+    Ok(r.reason)
+}
+
+async fn suspend_agent(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(id): Path<String>,
+    body: Limited,
+) -> Response {
+    let reason = match optional_reason(&s, body, "/admin/v1/agents/{id}/suspend").await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    ok(s.broker.suspend_agent(&p, &id, reason).await)
+}
+
+async fn resume_agent(State(s): State<AppState>, Person(p): Person, Path(id): Path<String>) -> Response {
+    ok(s.broker.resume_agent(&p, &id).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskQuery {
+    #[serde(default)]
+    agent: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+async fn list_tasks(
+    State(s): State<AppState>,
+    Person(p): Person,
+    q: Result<Query<TaskQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return admin_error(AdminError::BadRequest(e.body_text())),
+    };
+    ok(s
+        .broker
+        .tasks(&p, q.agent.as_deref(), q.state.as_deref(), q.limit)
+        .await)
+}
+
+async fn show_task(State(s): State<AppState>, Person(p): Person, Path(id): Path<String>) -> Response {
+    ok(s.broker.task(&p, &id).await)
+}
+
+async fn revoke_task(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(id): Path<String>,
+    body: Limited,
+) -> Response {
+    let reason = match optional_reason(&s, body, "/admin/v1/tasks/{id}/revoke").await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    ok(s.broker.revoke_task(&p, &id, reason).await)
+}
+
+async fn reload_policies(State(s): State<AppState>, Person(p): Person) -> Response {
+    ok(s
+        .broker
+        .reload_policies_as(&p)
+        .await
+        .map(|msg| serde_json::json!({"result": msg})))
+}

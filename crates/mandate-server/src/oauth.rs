@@ -1,0 +1,158 @@
+//! OAuth endpoints and metadata.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mandate_broker::{Caller, ClientAuth, OAuthError, TASK_DETAILS_TYPE, TokenRequest};
+
+use crate::body::{Form, Limited};
+use crate::errors::{json_error, oauth_error};
+use crate::AppState;
+
+/// RFC 8414 authorization server metadata.
+pub(crate) async fn metadata(State(s): State<AppState>) -> Response {
+    let issuer = &s.broker.config().issuer;
+    let algs = ["EdDSA", "ES256", "RS256"];
+    axum::Json(serde_json::json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/oauth/token"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "introspection_endpoint": format!("{issuer}/oauth/introspect"),
+        "revocation_endpoint": format!("{issuer}/oauth/revoke"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": algs,
+        "introspection_endpoint_auth_methods_supported": ["private_key_jwt", "bearer"],
+        "revocation_endpoint_auth_methods_supported": ["private_key_jwt", "bearer"],
+        "dpop_signing_alg_values_supported": algs,
+        "authorization_details_types_supported": [TASK_DETAILS_TYPE],
+    }))
+    .into_response()
+}
+
+/// The public signing keys.
+pub(crate) async fn jwks(State(s): State<AppState>) -> Response {
+    let mut r = axum::Json(s.broker.jwks()).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+    r
+}
+
+fn client_auth(form: &Form) -> ClientAuth {
+    ClientAuth {
+        client_id: form.get("client_id"),
+        assertion_type: form.get("client_assertion_type"),
+        assertion: form.get("client_assertion"),
+    }
+}
+
+async fn read_form(s: &AppState, body: Limited, path: &str) -> Result<Form, Response> {
+    match body.form() {
+        Ok(f) => Ok(f),
+        Err(msg) => {
+            s.broker.record_rejected_request(path, &msg).await;
+            Err(oauth_error(OAuthError::InvalidRequest(msg)))
+        }
+    }
+}
+
+pub(crate) async fn token(State(s): State<AppState>, headers: HeaderMap, body: Limited) -> Response {
+    let form = match read_form(&s, body, "/oauth/token").await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let dpop = match headers.get_all("dpop").iter().count() {
+        0 => None,
+        1 => headers
+            .get("dpop")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        _ => {
+            return oauth_error(OAuthError::InvalidDpopProof(
+                "send exactly one DPoP header".into(),
+            ));
+        }
+    };
+    let req = TokenRequest {
+        grant_type: form.get("grant_type"),
+        auth: client_auth(&form),
+        scope: form.get("scope"),
+        authorization_details: form.get("authorization_details"),
+        dpop,
+    };
+    match s.broker.token(&req).await {
+        Ok(resp) => {
+            let mut r = axum::Json(resp).into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(e) => oauth_error(e),
+    }
+}
+
+/// Who is calling introspection or revocation: a person (Bearer API token) or an agent (client
+/// assertion).
+async fn caller(s: &AppState, headers: &HeaderMap, form: &Form) -> Result<Caller, Response> {
+    if let Some((token, false)) = crate::auth_header(headers) {
+        return s
+            .broker
+            .authenticate_person(Some(&token))
+            .await
+            .map(Caller::Person)
+            .map_err(crate::errors::admin_error);
+    }
+    s.broker
+        .authenticate_caller(&client_auth(form))
+        .await
+        .map_err(oauth_error)
+}
+
+pub(crate) async fn introspect(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Limited,
+) -> Response {
+    let form = match read_form(&s, body, "/oauth/introspect").await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let who = match caller(&s, &headers, &form).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Some(token) = form.get("token") else {
+        return oauth_error(OAuthError::InvalidRequest("`token` is missing".into()));
+    };
+    match s.broker.introspect(&who, &token).await {
+        Ok(v) => {
+            let mut r = axum::Json(v).into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(e) => oauth_error(e),
+    }
+}
+
+pub(crate) async fn revoke(State(s): State<AppState>, headers: HeaderMap, body: Limited) -> Response {
+    let form = match read_form(&s, body, "/oauth/revoke").await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let who = match caller(&s, &headers, &form).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Some(token) = form.get("token") else {
+        return oauth_error(OAuthError::InvalidRequest("`token` is missing".into()));
+    };
+    match s.broker.revoke_token(&who, &token).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(OAuthError::ServerError(m)) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "server_error", &m)
+        }
+        Err(e) => oauth_error(e),
+    }
+}

@@ -1,0 +1,581 @@
+//! Admin commands: owners, agents, tasks, policies. They call the running broker's admin API.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::Global;
+use crate::client::{AdminClient, seg};
+use crate::config::Settings;
+use crate::datadir::ADMIN_TOKEN_FILE;
+use crate::output::{self, field, time};
+
+fn admin(global: &Global, settings: &Settings) -> anyhow::Result<AdminClient> {
+    let server = global
+        .server
+        .clone()
+        .or_else(|| crate::env("MANDATE_SERVER"))
+        .or_else(|| settings.public_url.clone())
+        .unwrap_or_else(|| format!("http://{}", settings.listen));
+    let token = if let Some(f) = &global.token_file {
+        std::fs::read_to_string(f).with_context(|| format!("cannot read token file `{}`", f.display()))?
+    } else if let Some(t) = crate::env("MANDATE_TOKEN") {
+        t
+    } else {
+        let f = settings.data_dir.join(ADMIN_TOKEN_FILE);
+        std::fs::read_to_string(&f).map_err(|_| {
+            anyhow::anyhow!(
+                "no API token: pass --token-file, set MANDATE_TOKEN, or point --data-dir at the broker's data directory (which holds `{ADMIN_TOKEN_FILE}`)"
+            )
+        })?
+    };
+    AdminClient::new(&server, token.trim().to_string())
+}
+
+/// Owner commands.
+#[derive(Subcommand, Debug)]
+pub enum OwnerCmd {
+    /// Add an owner (admin).
+    Add {
+        /// Owner id, e.g. `alice@example.com` or `payments-team`.
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List owners.
+    List,
+    /// Show one owner.
+    Show {
+        /// Owner id.
+        id: String,
+    },
+    /// Remove an owner: its agents become orphaned and their tasks are revoked (admin).
+    Remove {
+        /// Owner id.
+        id: String,
+    },
+    /// Personal API tokens of an owner.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+/// API token commands.
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Issue a token to an owner (admin). The token is printed once.
+    Issue {
+        /// Owner id.
+        owner: String,
+        /// Lifetime in days (1 to 366; default 90).
+        #[arg(long)]
+        days: Option<i64>,
+        /// Label.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List an owner's tokens (never their values).
+    List {
+        /// Owner id.
+        owner: String,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// Owner id.
+        owner: String,
+        /// Token id (`tok_…`).
+        token_id: String,
+    },
+}
+
+pub async fn owner(global: &Global, settings: &Settings, cmd: OwnerCmd) -> anyhow::Result<()> {
+    let c = admin(global, settings)?;
+    match cmd {
+        OwnerCmd::Add { id, name } => {
+            let v = c.post("/admin/v1/owners", &json!({"id": id, "name": name})).await?;
+            show_owner(global, &v);
+        }
+        OwnerCmd::List => {
+            let v = c.get("/admin/v1/owners").await?;
+            if global.json {
+                output::json(&v);
+            } else {
+                let rows = list(&v)
+                    .map(|o| vec![field(o, "id"), field(o, "name"), time(o, "created_at")])
+                    .collect();
+                output::table(&["OWNER", "NAME", "ADDED"], rows);
+            }
+        }
+        OwnerCmd::Show { id } => {
+            let v = c.get(&format!("/admin/v1/owners/{}", seg(&id))).await?;
+            show_owner(global, &v);
+        }
+        OwnerCmd::Remove { id } => {
+            let v = c.delete(&format!("/admin/v1/owners/{}", seg(&id))).await?;
+            if global.json {
+                output::json(&v);
+            } else {
+                let orphans: Vec<String> = list(&v["orphaned_agents"])
+                    .filter_map(|a| a.as_str().map(str::to_string))
+                    .collect();
+                println!("removed owner {id}; orphaned agents: {}", if orphans.is_empty() { "none".into() } else { orphans.join(", ") });
+            }
+        }
+        OwnerCmd::Token(t) => match t {
+            TokenCmd::Issue { owner, days, name } => {
+                let v = c
+                    .post(
+                        &format!("/admin/v1/owners/{}/tokens", seg(&owner)),
+                        &json!({"days": days, "name": name}),
+                    )
+                    .await?;
+                if global.json {
+                    output::json(&v);
+                } else {
+                    println!("{}", field(&v, "token"));
+                    eprintln!(
+                        "token {} for {owner}, expires {}; it is shown only this once",
+                        field(&v, "id"),
+                        time(&v, "expires_at")
+                    );
+                }
+            }
+            TokenCmd::List { owner } => {
+                let v = c.get(&format!("/admin/v1/owners/{}/tokens", seg(&owner))).await?;
+                if global.json {
+                    output::json(&v);
+                } else {
+                    let rows = list(&v)
+                        .map(|t| {
+                            vec![
+                                field(t, "id"),
+                                field(t, "name"),
+                                time(t, "created_at"),
+                                time(t, "expires_at"),
+                                time(t, "revoked_at"),
+                            ]
+                        })
+                        .collect();
+                    output::table(&["TOKEN", "NAME", "ISSUED", "EXPIRES", "REVOKED"], rows);
+                }
+            }
+            TokenCmd::Revoke { owner, token_id } => {
+                c.delete(&format!(
+                    "/admin/v1/owners/{}/tokens/{}",
+                    seg(&owner),
+                    seg(&token_id)
+                ))
+                .await?;
+                println!("revoked {token_id}");
+            }
+        },
+    }
+    Ok(())
+}
+
+fn list(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
+fn show_owner(global: &Global, v: &Value) {
+    if global.json {
+        output::json(v);
+    } else {
+        output::pairs(&[
+            ("owner", field(v, "id")),
+            ("name", field(v, "name")),
+            ("added", time(v, "created_at")),
+        ]);
+    }
+}
+
+/// Agent commands.
+#[derive(Subcommand, Debug)]
+pub enum AgentCmd {
+    /// Register an agent.
+    Add(AgentAdd),
+    /// List agents with their owners, tiers, active tasks and flags (e.g. `orphaned`).
+    List,
+    /// Show one agent.
+    Show {
+        /// Agent id.
+        id: String,
+    },
+    /// Kill switch: suspend an agent and revoke all its active tasks at once.
+    Suspend {
+        /// Agent id.
+        id: String,
+        /// Why (recorded in the audit).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Allow a suspended agent to open tasks again.
+    Resume {
+        /// Agent id.
+        id: String,
+    },
+    /// Generate an Ed25519 key pair for an agent: writes the private key (PKCS#8 PEM, mode
+    /// 0600) and prints the public key to register with `agent add --public-key`.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// `agent add` arguments.
+#[derive(Args, Debug)]
+pub struct AgentAdd {
+    /// Agent id (its OAuth client id), e.g. `support-bot` or a SPIFFE ID.
+    id: String,
+    /// Owner id (admins must give it; owners register for themselves).
+    #[arg(long)]
+    owner: Option<String>,
+    /// Risk tier: `low`, `medium` or `high`.
+    #[arg(long)]
+    tier: String,
+    /// What its tasks may ever ask for: `action:target` tokens, e.g. "read:cases call:search".
+    #[arg(long)]
+    envelope: String,
+    /// Ed25519 public key (base64url, 32 bytes) for private_key_jwt client assertions.
+    #[arg(long, value_name = "B64")]
+    public_key: Option<String>,
+    /// External JWT issuer (OIDC or SPIFFE) whose tokens identify the agent.
+    #[arg(long, value_name = "URL")]
+    jwt_issuer: Option<String>,
+    /// JWKS of the external issuer: an http(s) URL or an absolute file path.
+    #[arg(long, value_name = "URL|PATH", requires = "jwt_issuer")]
+    jwks: Option<String>,
+    /// Expected `sub` of external tokens (for SPIFFE, the SPIFFE ID).
+    #[arg(long, requires = "jwt_issuer")]
+    subject: Option<String>,
+    /// Expected `aud` of external tokens (default: the broker's issuer URL).
+    #[arg(long, requires = "jwt_issuer")]
+    audience: Option<String>,
+    /// Further claim external tokens must carry, as `name=value`; repeatable.
+    #[arg(long = "claim", value_name = "NAME=VALUE", requires = "jwt_issuer")]
+    claims: Vec<String>,
+    /// Intent used when the agent asks with a plain `scope`.
+    #[arg(long)]
+    intent: Option<String>,
+    /// Intent class used with `--intent`.
+    #[arg(long, default_value = "default")]
+    intent_class: String,
+    /// Free-form description.
+    #[arg(long)]
+    description: Option<String>,
+}
+
+pub async fn agent(global: &Global, settings: &Settings, cmd: AgentCmd) -> anyhow::Result<()> {
+    if let AgentCmd::Keygen { out } = &cmd {
+        return keygen(out);
+    }
+    let c = admin(global, settings)?;
+    match cmd {
+        AgentCmd::Add(a) => {
+            let mut attestations = Vec::new();
+            if let Some(k) = a.public_key {
+                attestations.push(json!({"type": "private_key_jwt", "public_key": k.trim()}));
+            }
+            if let Some(iss) = a.jwt_issuer {
+                let (Some(jwks), Some(subject)) = (a.jwks, a.subject) else {
+                    bail!("--jwt-issuer needs --jwks and --subject");
+                };
+                let mut claims = BTreeMap::new();
+                for kv in a.claims {
+                    let Some((k, v)) = kv.split_once('=') else {
+                        bail!("--claim `{kv}` is not NAME=VALUE");
+                    };
+                    claims.insert(k.to_string(), v.to_string());
+                }
+                attestations.push(json!({
+                    "type": "external_jwt", "issuer": iss, "jwks": jwks, "subject": subject,
+                    "audience": a.audience, "claims": claims,
+                }));
+            }
+            if attestations.is_empty() {
+                bail!("give the agent a way to prove its identity: --public-key or --jwt-issuer");
+            }
+            let intent = a
+                .intent
+                .map(|text| json!({"text": text, "class": a.intent_class}));
+            let body = json!({
+                "id": a.id, "owner": a.owner, "tier": a.tier, "envelope": a.envelope,
+                "attestations": attestations, "default_intent": intent,
+                "description": a.description,
+            });
+            let v = c.post("/admin/v1/agents", &body).await?;
+            show_agent(global, &v);
+        }
+        AgentCmd::List => {
+            let v = c.get("/admin/v1/agents").await?;
+            if global.json {
+                output::json(&v);
+            } else {
+                let rows = list(&v)
+                    .map(|a| {
+                        let flags: Vec<String> = list(&a["flags"])
+                            .filter_map(|f| f.as_str().map(str::to_string))
+                            .collect();
+                        vec![
+                            field(a, "id"),
+                            match a.get("owner") {
+                                Some(Value::String(o)) => o.clone(),
+                                _ => format!("(none; was {})", field(a, "former_owner")),
+                            },
+                            field(a, "tier"),
+                            field(a, "status"),
+                            list(&a["active_tasks"]).count().to_string(),
+                            flags.join(","),
+                        ]
+                    })
+                    .collect();
+                output::table(&["AGENT", "OWNER", "TIER", "STATUS", "ACTIVE TASKS", "FLAGS"], rows);
+            }
+        }
+        AgentCmd::Show { id } => {
+            let v = c.get(&format!("/admin/v1/agents/{}", seg(&id))).await?;
+            show_agent(global, &v);
+        }
+        AgentCmd::Suspend { id, reason } => {
+            let v = c
+                .post(&format!("/admin/v1/agents/{}/suspend", seg(&id)), &json!({"reason": reason}))
+                .await?;
+            show_agent(global, &v);
+        }
+        AgentCmd::Resume { id } => {
+            let v = c
+                .post(&format!("/admin/v1/agents/{}/resume", seg(&id)), &json!({}))
+                .await?;
+            show_agent(global, &v);
+        }
+        AgentCmd::Keygen { .. } => {}
+    }
+    Ok(())
+}
+
+fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    use base64::Engine;
+    let key = mandate_crypto::client::AgentKey::generate();
+    let der = key
+        .signing_key()
+        .to_pkcs8_der()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_slice());
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(chunk));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    crate::datadir::write_private(out, pem.as_bytes())?;
+    println!("{}", key.public_key());
+    eprintln!("private key written to {}; register the public key above with `mandate agent add --public-key`", out.display());
+    Ok(())
+}
+
+fn show_agent(global: &Global, v: &Value) {
+    if global.json {
+        output::json(v);
+        return;
+    }
+    let envelope: Vec<String> = list(&v["envelope"])
+        .flat_map(|g| {
+            let id = field(g, "identifier");
+            list(&g["actions"])
+                .filter_map(|a| a.as_str().map(|a| format!("{a}:{id}")))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let attest: Vec<String> = list(&v["attestations"]).map(|a| field(a, "type")).collect();
+    let flags: Vec<String> = list(&v["flags"])
+        .filter_map(|f| f.as_str().map(str::to_string))
+        .collect();
+    output::pairs(&[
+        ("agent", field(v, "id")),
+        ("owner", field(v, "owner")),
+        ("tier", field(v, "tier")),
+        ("status", field(v, "status")),
+        ("envelope", envelope.join(" ")),
+        ("attestation", attest.join(", ")),
+        ("flags", if flags.is_empty() { "-".into() } else { flags.join(", ") }),
+        ("registered", time(v, "created_at")),
+    ]);
+    let tasks: Vec<Vec<String>> = list(&v["active_tasks"])
+        .map(|t| {
+            vec![
+                field(t, "id"),
+                field(t, "intent_class"),
+                field(t, "intent"),
+                field(t, "scope"),
+                time(t, "expires_at"),
+            ]
+        })
+        .collect();
+    if !tasks.is_empty() {
+        println!();
+        output::table(&["ACTIVE TASK", "CLASS", "INTENT", "SCOPE", "EXPIRES"], tasks);
+    }
+}
+
+/// Task commands.
+#[derive(Subcommand, Debug)]
+pub enum TaskCmd {
+    /// List tasks, newest first.
+    List {
+        /// Only this agent's.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only in this state: active, completed, expired, revoked, denied.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many (default 100).
+        #[arg(long)]
+        limit: Option<i64>,
+    },
+    /// Show one task.
+    Show {
+        /// Task id.
+        id: String,
+    },
+    /// Revoke an active task at once.
+    Revoke {
+        /// Task id.
+        id: String,
+        /// Why (recorded in the audit).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+pub async fn task(global: &Global, settings: &Settings, cmd: TaskCmd) -> anyhow::Result<()> {
+    let c = admin(global, settings)?;
+    match cmd {
+        TaskCmd::List { agent, state, limit } => {
+            let mut q = Vec::new();
+            if let Some(a) = agent {
+                q.push(format!("agent={}", seg(&a)));
+            }
+            if let Some(s) = state {
+                q.push(format!("state={}", seg(&s)));
+            }
+            if let Some(l) = limit {
+                q.push(format!("limit={l}"));
+            }
+            let path = if q.is_empty() {
+                "/admin/v1/tasks".to_string()
+            } else {
+                format!("/admin/v1/tasks?{}", q.join("&"))
+            };
+            let v = c.get(&path).await?;
+            if global.json {
+                output::json(&v);
+            } else {
+                let rows = list(&v)
+                    .map(|t| {
+                        vec![
+                            field(t, "id"),
+                            field(t, "agent"),
+                            field(t, "state"),
+                            field(&t["intent"], "class"),
+                            time(t, "created_at"),
+                            time(t, "expires_at"),
+                        ]
+                    })
+                    .collect();
+                output::table(&["TASK", "AGENT", "STATE", "INTENT", "OPENED", "EXPIRES"], rows);
+            }
+        }
+        TaskCmd::Show { id } => {
+            let v = c.get(&format!("/admin/v1/tasks/{}", seg(&id))).await?;
+            show_task(global, &v);
+        }
+        TaskCmd::Revoke { id, reason } => {
+            let v = c
+                .post(&format!("/admin/v1/tasks/{}/revoke", seg(&id)), &json!({"reason": reason}))
+                .await?;
+            show_task(global, &v);
+        }
+    }
+    Ok(())
+}
+
+fn show_task(global: &Global, v: &Value) {
+    if global.json {
+        output::json(v);
+        return;
+    }
+    let scope: Vec<String> = list(&v["scope"])
+        .flat_map(|g| {
+            let id = field(g, "identifier");
+            list(&g["actions"])
+                .filter_map(|a| a.as_str().map(|a| format!("{a}:{id}")))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    output::pairs(&[
+        ("task", field(v, "id")),
+        ("agent", field(v, "agent")),
+        ("owner", field(v, "owner")),
+        ("state", field(v, "state")),
+        ("intent", field(&v["intent"], "text")),
+        ("intent class", field(&v["intent"], "class")),
+        ("scope", scope.join(" ")),
+        ("opened", time(v, "created_at")),
+        ("expires", time(v, "expires_at")),
+        ("ended", time(v, "ended_at")),
+        ("end reason", field(v, "end_reason")),
+        ("key-bound", if v.get("jkt").is_some() { "yes (DPoP)".into() } else { "no".into() }),
+    ]);
+}
+
+/// Policy commands.
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Validate a policy directory (one `.cedarschema`, `.cedar` files) without a broker.
+    Check {
+        /// Directory to check.
+        dir: PathBuf,
+    },
+    /// Ask the running broker to reload its policy directory (admin). Same as SIGHUP.
+    Reload,
+}
+
+pub async fn policy(global: &Global, settings: &Settings, cmd: PolicyCmd) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCmd::Check { dir } => match mandate_policy::PolicyBundle::load_dir(&dir) {
+            Ok(b) => {
+                if global.json {
+                    output::json(&json!({"ok": true, "policies": b.policy_ids(), "digest": b.digest()}));
+                } else {
+                    println!("ok: {} policies valid against the schema ({})", b.len(), b.digest());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if global.json {
+                    output::json(&json!({"ok": false, "problems": e.problems}));
+                } else {
+                    for p in &e.problems {
+                        eprintln!("{p}");
+                    }
+                }
+                bail!("policy set is invalid ({} problems)", e.problems.len())
+            }
+        },
+        PolicyCmd::Reload => {
+            let v = admin(global, settings)?
+                .post("/admin/v1/policies/reload", &json!({}))
+                .await?;
+            if global.json {
+                output::json(&v);
+            } else {
+                println!("{}", field(&v, "result"));
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Configuration: a TOML file (optional) with environment overrides, read into raw types that
+//! refuse unknown keys and then checked into [`Settings`]. The environment is read through a
+//! function, so tests never touch the process environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use mandate_core::Tier;
+use serde::Deserialize;
+
+/// Largest config file read.
+const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    tokens: RawTokens,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    public_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+    durability: Option<mandate_store::Durability>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    default_ttl: Option<i64>,
+    max_ttl: Option<i64>,
+    assertion_max_lifetime: Option<i64>,
+    leeway: Option<i64>,
+    dpop_required_tiers: Option<Vec<Tier>>,
+    dpop_max_age: Option<i64>,
+    api_token_days: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    sync_decisions: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<LogFormat>,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+/// Command-line values that override the file and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub store: Option<String>,
+    pub policy_dir: Option<PathBuf>,
+}
+
+/// Checked settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Public URL, or `None` to derive it from the bound address.
+    pub public_url: Option<String>,
+    pub store_url: String,
+    pub durability: mandate_store::Durability,
+    pub policy_dir: PathBuf,
+    /// Whether the policy dir is the data dir's default one (seeded with the shipped pack).
+    pub policy_dir_is_default: bool,
+    pub default_ttl: i64,
+    pub max_ttl: i64,
+    pub assertion_max_lifetime: i64,
+    pub leeway: i64,
+    pub dpop_required: Vec<Tier>,
+    pub dpop_max_age: i64,
+    pub api_token_days: i64,
+    pub sync_decisions: bool,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+fn positive(name: &str, v: i64, max: i64) -> anyhow::Result<i64> {
+    if v < 1 || v > max {
+        bail!("`{name}` must be between 1 and {max}, got {v}");
+    }
+    Ok(v)
+}
+
+impl Settings {
+    /// Reads `file` (if given), then the environment (`env`), then `over`.
+    pub fn load(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+        over: &Overrides,
+    ) -> anyhow::Result<Self> {
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| env("MANDATE_CONFIG").map(PathBuf::from));
+        let raw: RawConfig = match &file {
+            Some(path) => {
+                let meta = std::fs::metadata(path)
+                    .with_context(|| format!("cannot read config `{}`", path.display()))?;
+                if meta.len() > MAX_CONFIG_BYTES {
+                    bail!("config `{}` is larger than {MAX_CONFIG_BYTES} bytes", path.display());
+                }
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config `{}`", path.display()))?;
+                toml::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!("config `{}`: {}", path.display(), e.to_string().trim())
+                })?
+            }
+            None => RawConfig::default(),
+        };
+        let data_dir = over
+            .data_dir
+            .clone()
+            .or_else(|| env("MANDATE_DATA_DIR").map(PathBuf::from))
+            .or(raw.data_dir)
+            .unwrap_or_else(|| PathBuf::from("mandate-data"));
+        let listen = over
+            .listen
+            .clone()
+            .or_else(|| env("MANDATE_LISTEN"))
+            .or(raw.server.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|_| anyhow::anyhow!("listen address `{listen}` is not host:port"))?;
+        let public_url = over
+            .public_url
+            .clone()
+            .or_else(|| env("MANDATE_PUBLIC_URL"))
+            .or(raw.server.public_url);
+        if let Some(u) = &public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            bail!("public URL `{u}` must start with http:// or https://");
+        }
+        let store_url = over
+            .store
+            .clone()
+            .or_else(|| env("MANDATE_STORE"))
+            .or(raw.store.url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("mandate.db").display()));
+        let explicit_policy = over
+            .policy_dir
+            .clone()
+            .or_else(|| env("MANDATE_POLICY_DIR").map(PathBuf::from))
+            .or(raw.policy.dir);
+        let policy_dir_is_default = explicit_policy.is_none();
+        let policy_dir = explicit_policy.unwrap_or_else(|| data_dir.join("policies"));
+        let t = raw.tokens;
+        let max_ttl = positive("tokens.max_ttl", t.max_ttl.unwrap_or(8 * 3600), 7 * 86_400)?;
+        let default_ttl = positive("tokens.default_ttl", t.default_ttl.unwrap_or(600), max_ttl)?;
+        let log_level = env("MANDATE_LOG")
+            .or(raw.log.level)
+            .unwrap_or_else(|| "info".into());
+        Ok(Settings {
+            listen,
+            public_url,
+            store_url,
+            durability: raw.store.durability.unwrap_or_default(),
+            policy_dir,
+            policy_dir_is_default,
+            default_ttl,
+            max_ttl,
+            assertion_max_lifetime: positive(
+                "tokens.assertion_max_lifetime",
+                t.assertion_max_lifetime.unwrap_or(300),
+                3600,
+            )?,
+            leeway: positive("tokens.leeway", t.leeway.unwrap_or(30), 300)?,
+            dpop_required: t.dpop_required_tiers.unwrap_or_else(|| vec![Tier::High]),
+            dpop_max_age: positive("tokens.dpop_max_age", t.dpop_max_age.unwrap_or(60), 600)?,
+            api_token_days: positive("tokens.api_token_days", t.api_token_days.unwrap_or(90), 366)?,
+            sync_decisions: raw.audit.sync_decisions.unwrap_or(true),
+            log_level,
+            log_format: raw.log.format.unwrap_or_default(),
+            data_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let s = Settings::load(None, &no_env, &Overrides::default()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.policy_dir, PathBuf::from("mandate-data/policies"));
+        assert!(s.store_url.ends_with("mandate-data/mandate.db"));
+        assert_eq!(s.dpop_required, vec![Tier::High]);
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.toml");
+        std::fs::write(&f, "data_dir = \"/srv/m\"\n[server]\nlisten = \"0.0.0.0:9000\"\n").unwrap();
+        let env = |k: &str| (k == "MANDATE_LISTEN").then(|| "127.0.0.1:7000".to_string());
+        let s = Settings::load(Some(&f), &env, &Overrides::default()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(s.data_dir, PathBuf::from("/srv/m"));
+        let over = Overrides {
+            listen: Some("127.0.0.1:6000".into()),
+            ..Overrides::default()
+        };
+        let s = Settings::load(Some(&f), &env, &over).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:6000");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.toml");
+        std::fs::write(&f, "[server]\nlisen = \"x\"\n").unwrap();
+        let e = Settings::load(Some(&f), &no_env, &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("unknown field `lisen`"), "{e}");
+        std::fs::write(&f, "[tokens]\ndefault_ttl = 0\n").unwrap();
+        let e = Settings::load(Some(&f), &no_env, &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("`tokens.default_ttl` must be between 1"), "{e}");
+    }
+}
