@@ -1,0 +1,327 @@
+//! Helpers for end-to-end tests: a real `mandate serve` process on a temporary data directory,
+//! driven over HTTP the way agents and people drive it, and the real CLI.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use mandate_crypto::client::AgentKey;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_mandate")
+}
+
+/// A running broker process.
+pub struct Broker {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pub admin_token: String,
+    pub http: reqwest::Client,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+async fn spawn(dir: &Path, extra: &[String]) -> (Child, String) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .args(extra)
+        .env("MANDATE_LOG", "warn")
+        .env_remove("MANDATE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn mandate serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(url) = line.strip_prefix("mandate listening on ") {
+                return url.to_string();
+            }
+        }
+        panic!("mandate serve exited before listening");
+    })
+    .await
+    .expect("mandate serve did not start in time");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
+impl Broker {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, url) = spawn(dir.path(), &extra).await;
+        let admin_token = std::fs::read_to_string(dir.path().join("admin.token"))
+            .expect("bootstrap token")
+            .trim()
+            .to_string();
+        Broker {
+            url,
+            dir,
+            admin_token,
+            http: reqwest::Client::new(),
+            child: Some(child),
+            extra,
+        }
+    }
+
+    /// Kills the process with SIGKILL (no graceful shutdown) and starts it again on the same
+    /// data directory.
+    pub async fn kill_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.expect("kill");
+        }
+        let (child, url) = spawn(self.dir.path(), &self.extra).await;
+        self.child = Some(child);
+        self.url = url;
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/oauth/token", self.url)
+    }
+
+    async fn json(resp: reqwest::Response) -> (u16, Value) {
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.expect("body");
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, v)
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .expect("send");
+        Self::json(r).await
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.admin_token)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        Self::json(r).await
+    }
+
+    pub async fn admin_delete(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .delete(format!("{}{path}", self.url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .expect("send");
+        Self::json(r).await
+    }
+
+    pub async fn add_owner(&self, id: &str) {
+        let (s, v) = self.admin_post("/admin/v1/owners", json!({"id": id})).await;
+        assert_eq!(s, 201, "{v}");
+    }
+
+    /// Registers an agent with a fresh Ed25519 key and returns the key.
+    pub async fn add_agent(&self, id: &str, owner: &str, tier: &str, envelope: &str) -> AgentKey {
+        let key = AgentKey::generate();
+        let (s, v) = self
+            .admin_post(
+                "/admin/v1/agents",
+                json!({
+                    "id": id, "owner": owner, "tier": tier, "envelope": envelope,
+                    "attestations": [{"type": "private_key_jwt", "public_key": key.public_key()}],
+                }),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        key
+    }
+
+    pub fn assertion(&self, key: &AgentKey, agent: &str) -> String {
+        key.assertion(agent, &self.token_endpoint(), 60).expect("sign")
+    }
+
+    /// POSTs a form to the token endpoint.
+    pub async fn token_form(&self, form: &[(&str, &str)], dpop: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.post(self.token_endpoint()).form(form);
+        if let Some(p) = dpop {
+            req = req.header("DPoP", p);
+        }
+        Self::json(req.send().await.expect("send")).await
+    }
+
+    /// Opens a task with `authorization_details`; `dpop` binds it to the agent's key.
+    pub async fn open_task(&self, key: &AgentKey, agent: &str, details: Value, dpop: bool) -> (u16, Value) {
+        let assertion = self.assertion(key, agent);
+        let details = details.to_string();
+        let proof = dpop.then(|| key.dpop_proof("POST", &self.token_endpoint(), None).expect("dpop"));
+        self.token_form(
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", &assertion),
+                ("authorization_details", &details),
+            ],
+            proof.as_deref(),
+        )
+        .await
+    }
+
+    /// Opens a task from a plain `scope`, like a generic OAuth client.
+    pub async fn open_scope(&self, key: &AgentKey, agent: &str, scope: &str) -> (u16, Value) {
+        let assertion = self.assertion(key, agent);
+        self.token_form(
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", &assertion),
+                ("scope", scope),
+            ],
+            None,
+        )
+        .await
+    }
+
+    /// Asks for a decision with a bearer credential.
+    pub async fn decide(&self, token: &str, action: &str, kind: &str, target: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/v1/decide", self.url))
+            .bearer_auth(token)
+            .json(&json!({"action": action, "resource": {"type": kind, "id": target}}))
+            .send()
+            .await
+            .expect("send");
+        Self::json(r).await
+    }
+
+    /// Asks for a decision with a DPoP-bound credential and a proof signed by `key`.
+    pub async fn decide_dpop(&self, token: &str, key: &AgentKey, action: &str, target: &str) -> (u16, Value) {
+        let url = format!("{}/v1/decide", self.url);
+        let proof = key.dpop_proof("POST", &url, Some(token)).expect("dpop");
+        let r = self
+            .http
+            .post(url)
+            .header("Authorization", format!("DPoP {token}"))
+            .header("DPoP", proof)
+            .json(&json!({"action": action, "resource": {"type": "resource", "id": target}}))
+            .send()
+            .await
+            .expect("send");
+        Self::json(r).await
+    }
+
+    pub async fn revoke_as_agent(&self, key: &AgentKey, agent: &str, token: &str) -> (u16, Value) {
+        let assertion = self.assertion(key, agent);
+        let r = self
+            .http
+            .post(format!("{}/oauth/revoke", self.url))
+            .form(&[
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", assertion.as_str()),
+                ("token", token),
+            ])
+            .send()
+            .await
+            .expect("send");
+        Self::json(r).await
+    }
+
+    /// Runs the real CLI against this broker.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(bin())
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("--server")
+            .arg(&self.url)
+            .args(args)
+            .env_remove("MANDATE_TOKEN")
+            .env_remove("MANDATE_CONFIG")
+            .output()
+            .expect("run mandate")
+    }
+
+    /// Runs the CLI with `--json` and parses its output; panics on failure.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "mandate {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json output")
+    }
+
+    /// Every audit event, in chain order, read with `mandate audit export`.
+    pub fn audit(&self) -> Vec<Value> {
+        let out = self.cli(&["audit", "export", "--format", "jsonl"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("jsonl")["event"].clone())
+            .collect()
+    }
+
+    /// Audit events of one kind.
+    pub fn audit_kind(&self, kind: &str) -> Vec<Value> {
+        self.audit().into_iter().filter(|e| e["kind"] == kind).collect()
+    }
+
+    /// Number of tasks the store holds.
+    pub async fn task_count(&self) -> usize {
+        let (s, v) = self.admin_get("/admin/v1/tasks?limit=10000").await;
+        assert_eq!(s, 200, "{v}");
+        v.as_array().map(Vec::len).unwrap_or(0)
+    }
+}
+
+/// A `mandate_task` authorization details array.
+pub fn task_details(intent: &str, class: &str, access: &[(&str, &[&str])], ttl: i64) -> Value {
+    let access: Vec<Value> = access
+        .iter()
+        .map(|(id, actions)| json!({"identifier": id, "actions": actions}))
+        .collect();
+    json!([{
+        "type": "mandate_task", "intent": intent, "intent_class": class, "ttl": ttl, "access": access,
+    }])
+}
