@@ -220,10 +220,20 @@ impl Broker {
     /// credential); a made decision, allow or deny, is an `Ok`.
     pub async fn decide(&self, input: &DecideInput) -> Result<DecisionOutcome, DecideError> {
         let started = Instant::now();
-        check_action(&input.action).map_err(|e| DecideError::BadRequest(e.to_string()))?;
-        check_target(&input.target.id).map_err(|e| DecideError::BadRequest(e.to_string()))?;
-        let request = json_to_cedar(&serde_json::Value::Object(input.context.clone()), "context")
-            .map_err(|e| DecideError::BadRequest(e.to_string()))?;
+        let checked = check_action(&input.action)
+            .and_then(|()| check_target(&input.target.id))
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                json_to_cedar(&serde_json::Value::Object(input.context.clone()), "context")
+                    .map_err(|e| e.to_string())
+            });
+        let request = match checked {
+            Ok(r) => r,
+            Err(msg) => {
+                self.record_rejected_request("/v1/decide", &msg).await;
+                return Err(DecideError::BadRequest(msg));
+            }
+        };
         let (claims, entry) = match self.credential(&input.token, input.dpop.as_ref()) {
             Ok(ok) => ok,
             Err(r) => {
