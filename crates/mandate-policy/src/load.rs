@@ -326,12 +326,12 @@ impl PolicyBundle {
                     .and_then(|m| files.iter().find(|f| f.name == m.file))
                     .map(|f| (f.name.clone(), f.text.as_str()))
                     .unwrap_or_else(|| (source.to_string(), ""));
-                problems.push(problems_from(
-                    &file,
-                    text,
-                    e,
-                    format!("policy `{id}`: {e}"),
-                ));
+                let msg = e.to_string();
+                let msg = match msg.strip_prefix(&format!("for policy `{id}`, ")) {
+                    Some(rest) => format!("policy `{id}`: {rest}"),
+                    None => format!("policy `{id}`: {msg}"),
+                };
+                problems.push(problems_from(&file, text, e, msg));
             }
         }
         if !problems.is_empty() {

@@ -35,14 +35,14 @@ impl Drop for Broker {
     }
 }
 
-async fn spawn(dir: &Path, extra: &[String]) -> (Child, String) {
+async fn spawn(dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut cmd = Command::new(bin());
     cmd.arg("serve")
         .arg("--data-dir")
         .arg(dir)
         .arg("--listen")
-        .arg("127.0.0.1:0")
+        .arg(listen)
         .args(extra)
         .env("MANDATE_LOG", "warn")
         .env_remove("MANDATE_CONFIG")
@@ -75,7 +75,7 @@ impl Broker {
     pub async fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, url) = spawn(dir.path(), &extra).await;
+        let (child, url) = spawn(dir.path(), "127.0.0.1:0", &extra).await;
         let admin_token = std::fs::read_to_string(dir.path().join("admin.token"))
             .expect("bootstrap token")
             .trim()
@@ -96,7 +96,9 @@ impl Broker {
         if let Some(mut c) = self.child.take() {
             c.kill().await.expect("kill");
         }
-        let (child, url) = spawn(self.dir.path(), &self.extra).await;
+        // Same port, so the issuer (and every credential issued before) stays valid.
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let (child, url) = spawn(self.dir.path(), &addr, &self.extra).await;
         self.child = Some(child);
         self.url = url;
     }
