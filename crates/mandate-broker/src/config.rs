@@ -18,7 +18,9 @@ pub struct BrokerConfig {
     pub default_task_ttl: i64,
     /// Longest TTL any task may have, whatever the policies say, in seconds.
     pub max_task_ttl: i64,
-    /// Longest remaining lifetime of a client assertion, in seconds.
+    /// Longest remaining lifetime of a client assertion, in seconds. The default, one hour, is
+    /// what common clients (authlib) sign by default and what large identity providers accept;
+    /// replay is refused by `jti` whatever the lifetime.
     pub assertion_max_lifetime: i64,
     /// Clock skew tolerated on presented JWTs, in seconds.
     pub leeway: i64,
@@ -46,7 +48,7 @@ impl BrokerConfig {
             policy_dir,
             default_task_ttl: 600,
             max_task_ttl: 8 * 3600,
-            assertion_max_lifetime: 300,
+            assertion_max_lifetime: 3600,
             leeway: 30,
             dpop_required: BTreeSet::from([Tier::High]),
             dpop_max_age: 60,

@@ -39,9 +39,14 @@ impl SigningKey {
         Ok(Self::from_dalek(key))
     }
 
-    /// The PKCS#8 DER encoding, for storage. Zeroed when dropped.
+    /// The PKCS#8 v1 DER encoding (RFC 8410, the form OpenSSL and most tools read), for
+    /// storage. Zeroed when dropped.
     pub fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, JwtError> {
-        let doc = self.key.to_pkcs8_der().map_err(|_| JwtError::BadKey)?;
+        let bytes = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        };
+        let doc = bytes.to_pkcs8_der().map_err(|_| JwtError::BadKey)?;
         Ok(Zeroizing::new(doc.as_bytes().to_vec()))
     }
 

@@ -207,8 +207,8 @@ impl Settings {
             max_ttl,
             assertion_max_lifetime: positive(
                 "tokens.assertion_max_lifetime",
-                t.assertion_max_lifetime.unwrap_or(300),
-                3600,
+                t.assertion_max_lifetime.unwrap_or(3600),
+                86_400,
             )?,
             leeway: positive("tokens.leeway", t.leeway.unwrap_or(30), 300)?,
             dpop_required: t.dpop_required_tiers.unwrap_or_else(|| vec![Tier::High]),

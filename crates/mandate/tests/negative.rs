@@ -112,7 +112,7 @@ async fn expired_and_not_yet_valid_assertions_are_refused() {
     refused(&b, &sign(&key, &c), 401, "token is not valid yet", "attestation_failed").await;
     let mut c = claims(&b, "bot");
     c["exp"] = json!(now() + 86_400);
-    refused(&b, &sign(&key, &c), 401, "token lifetime exceeds 300 seconds", "attestation_failed").await;
+    refused(&b, &sign(&key, &c), 401, "token lifetime exceeds 3600 seconds", "attestation_failed").await;
 }
 
 #[tokio::test]
