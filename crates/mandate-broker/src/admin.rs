@@ -11,8 +11,8 @@ use mandate_crypto::{ApiToken, SecretString, hash_api_token};
 use mandate_store::{ApiTokenRecord, Op, Role, TaskFilter};
 use serde::{Deserialize, Serialize};
 
-use crate::error::AdminError;
 use crate::Broker;
+use crate::error::AdminError;
 
 /// Meta key recording that the bootstrap admin credential was created.
 const BOOTSTRAP_KEY: &str = "bootstrap_admin_token";
@@ -173,7 +173,9 @@ fn check_attestation(a: &Attestation) -> Result<(), AdminError> {
             }
             let url = jwks.starts_with("https://") || jwks.starts_with("http://");
             if jwks.len() > 1024 || !(url || jwks.starts_with('/')) {
-                return Err(bad("`jwks` must be an http(s) URL or an absolute file path"));
+                return Err(bad(
+                    "`jwks` must be an http(s) URL or an absolute file path",
+                ));
             }
             if audience.as_ref().is_some_and(|a| a.len() > 512) || claims.len() > 16 {
                 return Err(bad("`audience` or `claims` too large"));
@@ -222,7 +224,8 @@ impl Broker {
     pub async fn authenticate_person(&self, bearer: Option<&str>) -> Result<Principal, AdminError> {
         let token = bearer.ok_or_else(|| {
             AdminError::Unauthenticated(
-                "the admin API needs a person's API token: send `Authorization: Bearer mdt_…`".into(),
+                "the admin API needs a person's API token: send `Authorization: Bearer mdt_…`"
+                    .into(),
             )
         })?;
         if token.len() > 512 {
@@ -264,7 +267,9 @@ impl Broker {
                     token_id: rec.id,
                 })
             }
-            (Role::Owner, None) => Err(AdminError::Unauthenticated("API token is not valid".into())),
+            (Role::Owner, None) => {
+                Err(AdminError::Unauthenticated("API token is not valid".into()))
+            }
         }
     }
 
@@ -301,7 +306,10 @@ impl Broker {
         }
         let now = self.now();
         let reason = format!("owner `{id}` was removed");
-        let mut ops = vec![Op::DeleteOwner { id: id.clone(), at: now }];
+        let mut ops = vec![Op::DeleteOwner {
+            id: id.clone(),
+            at: now,
+        }];
         let mut orphaned = Vec::new();
         let mut updated = Vec::new();
         for mut agent in self.inventory.agents() {
@@ -314,9 +322,10 @@ impl Broker {
             updated.push(agent);
         }
         // Privilege ends first, in memory, then everything is recorded in one commit.
-        for entry in self.inventory.tasks_where(|t| {
-            t.state == TaskState::Active && t.owner.as_ref() == Some(&id)
-        }) {
+        for entry in self
+            .inventory
+            .tasks_where(|t| t.state == TaskState::Active && t.owner.as_ref() == Some(&id))
+        {
             if let Some(t) = entry.end(TaskState::Revoked, now, &reason) {
                 ops.extend(self.end_ops(t, Some(&p.name())));
             }
@@ -350,7 +359,9 @@ impl Broker {
         if let Principal::Owner { owner, .. } = p
             && owner != &id
         {
-            return Err(AdminError::Forbidden("owners may see only themselves".into()));
+            return Err(AdminError::Forbidden(
+                "owners may see only themselves".into(),
+            ));
         }
         self.inventory
             .owner(&id)
@@ -369,7 +380,9 @@ impl Broker {
         p.require_admin()?;
         let owner = OwnerId::parse(owner).map_err(bad)?;
         if self.inventory.owner(&owner).is_none() {
-            return Err(AdminError::NotFound(format!("owner `{owner}` does not exist")));
+            return Err(AdminError::NotFound(format!(
+                "owner `{owner}` does not exist"
+            )));
         }
         let days = days.unwrap_or(self.cfg.api_token_days);
         if !(1..=366).contains(&days) {
@@ -468,7 +481,9 @@ impl Broker {
             }
         };
         if self.inventory.owner(&owner).is_none() {
-            return Err(AdminError::NotFound(format!("owner `{owner}` does not exist")));
+            return Err(AdminError::NotFound(format!(
+                "owner `{owner}` does not exist"
+            )));
         }
         let tier: Tier = new.tier.parse().map_err(AdminError::BadRequest)?;
         let envelope = Scope::parse(&new.envelope).map_err(|e| bad(format!("envelope: {e}")))?;
@@ -616,7 +631,10 @@ impl Broker {
     pub async fn resume_agent(&self, p: &Principal, id: &str) -> Result<AgentView, AdminError> {
         let mut agent = self.managed_agent(p, id)?;
         if agent.status == AgentStatus::Active {
-            return Err(AdminError::Conflict(format!("agent `{}` is not suspended", agent.id)));
+            return Err(AdminError::Conflict(format!(
+                "agent `{}` is not suspended",
+                agent.id
+            )));
         }
         agent.status = AgentStatus::Active;
         let mut e = self.event(EventKind::AgentResumed);
@@ -669,7 +687,9 @@ impl Broker {
         if let Principal::Owner { owner, .. } = p
             && task.owner.as_ref() != Some(owner)
         {
-            return Err(AdminError::Forbidden("the task belongs to another owner's agent".into()));
+            return Err(AdminError::Forbidden(
+                "the task belongs to another owner's agent".into(),
+            ));
         }
         Ok(task)
     }

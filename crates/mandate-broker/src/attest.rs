@@ -14,8 +14,8 @@ use mandate_crypto::assertion::{
     verify_external,
 };
 
-use crate::error::OAuthError;
 use crate::Broker;
+use crate::error::OAuthError;
 
 /// RFC 7523 client assertion type.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -111,7 +111,9 @@ impl Broker {
             {
                 body.extend_from_slice(&chunk);
                 if body.len() > MAX_JWKS_BYTES {
-                    return Err(format!("jwks at `{source}` is larger than {MAX_JWKS_BYTES} bytes"));
+                    return Err(format!(
+                        "jwks at `{source}` is larger than {MAX_JWKS_BYTES} bytes"
+                    ));
                 }
             }
             Ok(body)
@@ -120,7 +122,9 @@ impl Broker {
                 .await
                 .map_err(|e| format!("cannot read jwks file `{source}`: {e}"))?;
             if meta.len() > MAX_JWKS_BYTES as u64 {
-                return Err(format!("jwks file `{source}` is larger than {MAX_JWKS_BYTES} bytes"));
+                return Err(format!(
+                    "jwks file `{source}` is larger than {MAX_JWKS_BYTES} bytes"
+                ));
             }
             tokio::fs::read(source)
                 .await
@@ -238,7 +242,10 @@ impl Broker {
                 .map_err(|e| fail(who, e))?;
             match verify_external(assertion, &jwks, &rules) {
                 Err(JwtError::UnknownKey(_)) => {
-                    let jwks = self.external_jwks(jwks_src, true).await.map_err(|e| fail(who, e))?;
+                    let jwks = self
+                        .external_jwks(jwks_src, true)
+                        .await
+                        .map_err(|e| fail(who, e))?;
                     verify_external(assertion, &jwks, &rules)
                 }
                 other => other,

@@ -4,18 +4,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use mandate_core::TaskState;
 use mandate_core::audit::EventKind;
 use mandate_core::scope::{check_action, check_target};
-use mandate_core::TaskState;
 use mandate_crypto::dpop::{DpopExpectation, verify_dpop};
 use mandate_crypto::{AccessClaims, JwtError};
 use mandate_policy::{Query, TargetKind, Verdict, json_to_cedar};
 use mandate_store::Op;
 use serde::Serialize;
 
+use crate::Broker;
 use crate::error::DecideError;
 use crate::state::TaskEntry;
-use crate::Broker;
 
 /// A DPoP proof presented with a credential, and the request it was made for.
 #[derive(Clone, Debug)]
@@ -286,11 +286,14 @@ impl Broker {
         event.policies = verdict.policies.clone();
         event.reason = Some(verdict.reason.clone());
         if self.cfg.audit_sync_decisions {
-            self.store.commit(vec![Op::Audit(event)]).await.map_err(|e| {
-                DecideError::Unavailable(format!(
-                    "the decision could not be recorded, so it is not given: {e}"
-                ))
-            })?;
+            self.store
+                .commit(vec![Op::Audit(event)])
+                .await
+                .map_err(|e| {
+                    DecideError::Unavailable(format!(
+                        "the decision could not be recorded, so it is not given: {e}"
+                    ))
+                })?;
         } else {
             let store = self.store.clone();
             tokio::spawn(async move {

@@ -247,7 +247,11 @@ impl Broker {
                 e.task = Some(t.id.to_string());
                 e.intent = Some(t.intent.text.clone());
                 e.reason = t.end_reason.clone();
-                if let Err(err) = self.store.commit(vec![Op::UpdateTask(t), Op::Audit(e)]).await {
+                if let Err(err) = self
+                    .store
+                    .commit(vec![Op::UpdateTask(t), Op::Audit(e)])
+                    .await
+                {
                     tracing::error!(error = %err, "could not record task expiry");
                 }
             }

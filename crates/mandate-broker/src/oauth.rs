@@ -13,11 +13,11 @@ use mandate_store::{Op, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::Broker;
 use crate::admin::Principal;
 use crate::attest::{Authenticated, ClientAuth};
 use crate::error::OAuthError;
 use crate::state::{TaskEntry, task_facts};
-use crate::Broker;
 
 /// The RFC 9396 `type` of Mandate's task description.
 pub const TASK_DETAILS_TYPE: &str = "mandate_task";
@@ -91,12 +91,11 @@ fn details_error(reason: String) -> OAuthError {
 impl Broker {
     fn parse_ask(&self, req: &TokenRequest, agent: &Agent) -> Result<TaskAsk, OAuthError> {
         let mut scope = match &req.scope {
-            Some(s) => Scope::parse(s)
-                .map_err(|e| OAuthError::InvalidScope {
-                    reason: format!("scope is malformed: {e}"),
-                    policies: Vec::new(),
-                    task_id: None,
-                })?,
+            Some(s) => Scope::parse(s).map_err(|e| OAuthError::InvalidScope {
+                reason: format!("scope is malformed: {e}"),
+                policies: Vec::new(),
+                task_id: None,
+            })?,
             None => Scope::empty(),
         };
         let mut intent = agent.default_intent.clone();
@@ -110,7 +109,9 @@ impl Broker {
                 )));
             }
             let items: Vec<Value> = serde_json::from_str(raw).map_err(|e| {
-                details_error(format!("authorization_details is not a JSON array of objects: {e}"))
+                details_error(format!(
+                    "authorization_details is not a JSON array of objects: {e}"
+                ))
             })?;
             if items.len() > MAX_DETAILS_ENTRIES {
                 return Err(details_error(format!(
@@ -144,7 +145,9 @@ impl Broker {
                 let asked = Scope::from_grants(&d.access)
                     .map_err(|e| details_error(format!("`access`: {e}")))?;
                 for (a, t) in asked.pairs() {
-                    scope.insert(a, t).map_err(|e| details_error(e.to_string()))?;
+                    scope
+                        .insert(a, t)
+                        .map_err(|e| details_error(e.to_string()))?;
                 }
             }
         }
@@ -345,7 +348,10 @@ impl Broker {
         if agent.is_orphaned() {
             return Verdict::deny(
                 "mandate:ownership",
-                format!("agent `{}` has no owner; an orphaned agent may not open tasks", agent.id),
+                format!(
+                    "agent `{}` has no owner; an orphaned agent may not open tasks",
+                    agent.id
+                ),
             );
         }
         let excess = task.scope.excess_over(&agent.envelope);
@@ -446,17 +452,18 @@ impl Broker {
     fn verify_signature(&self, token: &str) -> Option<AccessClaims> {
         self.keys
             .load()
-            .verify_access_token(token, &self.cfg.issuer, &self.cfg.audience, self.now().as_secs())
+            .verify_access_token(
+                token,
+                &self.cfg.issuer,
+                &self.cfg.audience,
+                self.now().as_secs(),
+            )
             .ok()
     }
 
     /// RFC 7662 introspection. Agents may introspect their own credentials; owners those of their
     /// agents; admins any. Anything else is reported inactive.
-    pub async fn introspect(
-        &self,
-        caller: &Caller,
-        token: &str,
-    ) -> Result<Value, OAuthError> {
+    pub async fn introspect(&self, caller: &Caller, token: &str) -> Result<Value, OAuthError> {
         let inactive = serde_json::json!({"active": false});
         let Some(claims) = self.verify_signature(token) else {
             return Ok(inactive);
@@ -478,7 +485,14 @@ impl Broker {
             o.insert("active".into(), Value::Bool(true));
             o.insert(
                 "token_type".into(),
-                Value::String(if claims.cnf.is_some() { "DPoP" } else { "Bearer" }.into()),
+                Value::String(
+                    if claims.cnf.is_some() {
+                        "DPoP"
+                    } else {
+                        "Bearer"
+                    }
+                    .into(),
+                ),
             );
         }
         Ok(v)
@@ -496,9 +510,11 @@ impl Broker {
         };
         let owner = entry.read().owner.clone();
         let (state, reason, actor) = match caller {
-            Caller::Agent(a) if a.as_str() == claims.sub => {
-                (TaskState::Completed, "the agent completed its task".to_string(), None)
-            }
+            Caller::Agent(a) if a.as_str() == claims.sub => (
+                TaskState::Completed,
+                "the agent completed its task".to_string(),
+                None,
+            ),
             Caller::Agent(_) => {
                 return Err(OAuthError::UnauthorizedClient(
                     "the credential was not issued to this client".into(),

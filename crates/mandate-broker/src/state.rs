@@ -26,11 +26,15 @@ impl TaskEntry {
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, Task> {
-        self.task.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.task
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn write(&self) -> RwLockWriteGuard<'_, Task> {
-        self.task.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.task
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Ends the task if it is still active: returns the task as it was ended, or `None` if it had

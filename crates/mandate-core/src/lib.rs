@@ -12,7 +12,5 @@ pub mod scope;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use ids::{AgentId, IdError, OwnerId, TaskId};
-pub use model::{
-    Agent, AgentStatus, Attestation, EndReason, Intent, Owner, Task, TaskState, Tier,
-};
+pub use model::{Agent, AgentStatus, Attestation, EndReason, Intent, Owner, Task, TaskState, Tier};
 pub use scope::{Grant, Scope, ScopeError};

@@ -24,7 +24,9 @@ pub const DEFAULT_ACTION: &str = "call";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScopeError {
     /// An action name is malformed.
-    #[error("action `{0}` must be lowercase letters, digits or `_`, start with a letter, and be at most 64 characters")]
+    #[error(
+        "action `{0}` must be lowercase letters, digits or `_`, start with a letter, and be at most 64 characters"
+    )]
     BadAction(String),
     /// A target name is malformed.
     #[error("target `{0}` must be 1 to 256 visible characters without spaces or quotes")]
@@ -247,7 +249,10 @@ mod tests {
             Scope::parse("Read:cases"),
             Err(ScopeError::BadAction(_))
         ));
-        assert!(matches!(Scope::parse("read:"), Err(ScopeError::BadTarget(_))));
+        assert!(matches!(
+            Scope::parse("read:"),
+            Err(ScopeError::BadTarget(_))
+        ));
         assert!(matches!(
             Scope::from_grants(&[Grant {
                 identifier: "x".into(),

@@ -95,7 +95,9 @@ pub fn verify_client_assertion(
     let raw = claims.ok_or(last)?;
     let c = Claims(&raw);
     if c.str("iss")? != rules.client_id {
-        return Err(JwtError::WrongIssuer(c.str("iss")?.chars().take(128).collect()));
+        return Err(JwtError::WrongIssuer(
+            c.str("iss")?.chars().take(128).collect(),
+        ));
     }
     if c.str("sub")? != rules.client_id {
         return Err(JwtError::WrongSubject);
@@ -208,7 +210,9 @@ pub fn verify_external(
     };
     let c = Claims(&raw);
     if c.str("iss")? != rules.issuer {
-        return Err(JwtError::WrongIssuer(c.str("iss")?.chars().take(128).collect()));
+        return Err(JwtError::WrongIssuer(
+            c.str("iss")?.chars().take(128).collect(),
+        ));
     }
     if c.str("sub")? != rules.subject {
         return Err(JwtError::WrongSubject);
@@ -230,6 +234,8 @@ pub fn verify_external(
             )));
         }
     }
-    let jti = c.opt_str("jti")?.map(|s| s.chars().take(MAX_JTI_LEN).collect());
+    let jti = c
+        .opt_str("jti")?
+        .map(|s| s.chars().take(MAX_JTI_LEN).collect());
     Ok(VerifiedAssertion { jti, exp })
 }

@@ -51,7 +51,12 @@ impl AgentKey {
     }
 
     /// A client assertion for `client_id`, addressed to `audience`, valid for `lifetime` seconds.
-    pub fn assertion(&self, client_id: &str, audience: &str, lifetime: i64) -> Result<String, JwtError> {
+    pub fn assertion(
+        &self,
+        client_id: &str,
+        audience: &str,
+        lifetime: i64,
+    ) -> Result<String, JwtError> {
         let now = now_secs();
         let claims = serde_json::json!({
             "iss": client_id,
@@ -73,14 +78,13 @@ impl AgentKey {
         url: &str,
         access_token: Option<&str>,
     ) -> Result<String, JwtError> {
-        let mut claims = serde_json::json!({
-            "jti": uuid_like(),
-            "htm": method,
-            "htu": url,
-            "iat": now_secs(),
-        });
+        let mut claims = serde_json::Map::new();
+        claims.insert("jti".into(), uuid_like().into());
+        claims.insert("htm".into(), method.into());
+        claims.insert("htu".into(), url.into());
+        claims.insert("iat".into(), now_secs().into());
         if let Some(t) = access_token {
-            claims["ath"] = serde_json::Value::String(sha256_b64(t));
+            claims.insert("ath".into(), sha256_b64(t).into());
         }
         let mut h = Header::new(Algorithm::EdDSA);
         h.typ = Some(crate::dpop::DPOP_TYP.into());

@@ -49,7 +49,12 @@ pub fn verify_dpop(proof: &str, want: &DpopExpectation<'_>) -> Result<DpopProof,
     let (header, raw_header) = jws::header(proof)?;
     if header.typ.as_deref() != Some(DPOP_TYP) {
         return Err(JwtError::WrongType(
-            header.typ.unwrap_or_else(|| "none".into()).chars().take(32).collect(),
+            header
+                .typ
+                .unwrap_or_else(|| "none".into())
+                .chars()
+                .take(32)
+                .collect(),
         ));
     }
     let raw_jwk = raw_header
@@ -143,15 +148,36 @@ mod tests {
     #[test]
     fn wrong_method_url_age_or_ath_fail() {
         let k = SigningKey::generate();
-        assert!(verify_dpop(&proof(&k, "GET", "https://m/oauth/token", 1000, None), &want(None)).is_err());
-        assert!(verify_dpop(&proof(&k, "POST", "https://m/other", 1000, None), &want(None)).is_err());
+        assert!(
+            verify_dpop(
+                &proof(&k, "GET", "https://m/oauth/token", 1000, None),
+                &want(None)
+            )
+            .is_err()
+        );
+        assert!(
+            verify_dpop(
+                &proof(&k, "POST", "https://m/other", 1000, None),
+                &want(None)
+            )
+            .is_err()
+        );
         assert_eq!(
-            verify_dpop(&proof(&k, "POST", "https://m/oauth/token", 900, None), &want(None)),
+            verify_dpop(
+                &proof(&k, "POST", "https://m/oauth/token", 900, None),
+                &want(None)
+            ),
             Err(JwtError::Expired)
         );
         let p = proof(&k, "POST", "https://m/oauth/token", 1000, Some("wrong"));
         assert!(verify_dpop(&p, &want(Some("tok"))).is_err());
-        let p = proof(&k, "POST", "https://m/oauth/token", 1000, Some(&sha256_b64("tok")));
+        let p = proof(
+            &k,
+            "POST",
+            "https://m/oauth/token",
+            1000,
+            Some(&sha256_b64("tok")),
+        );
         assert!(verify_dpop(&p, &want(Some("tok"))).is_ok());
         let p = proof(&k, "POST", "https://m/oauth/token", 1000, None);
         assert_eq!(

@@ -69,7 +69,9 @@ pub fn public_key_from_jwk(jwk: &Jwk) -> Result<PublicKey, JwtError> {
         use jsonwebtoken::jwk::KeyAlgorithm as K;
         let matches = matches!(
             (declared, alg),
-            (K::EdDSA, Algorithm::EdDSA) | (K::ES256, Algorithm::ES256) | (K::RS256, Algorithm::RS256)
+            (K::EdDSA, Algorithm::EdDSA)
+                | (K::ES256, Algorithm::ES256)
+                | (K::RS256, Algorithm::RS256)
         );
         if !matches {
             return Err(JwtError::AlgorithmNotAllowed(format!("{declared:?}")));

@@ -22,7 +22,9 @@ pub(crate) fn header(token: &str) -> Result<(Header, Value), JwtError> {
         && !matches!(alg, "EdDSA" | "ES256" | "RS256")
     {
         // `none`, HMAC and anything else we never verify: say so plainly.
-        return Err(JwtError::AlgorithmNotAllowed(alg.chars().take(16).collect()));
+        return Err(JwtError::AlgorithmNotAllowed(
+            alg.chars().take(16).collect(),
+        ));
     }
     let parsed = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
     Ok((parsed, raw))
@@ -89,7 +91,11 @@ impl Claims<'_> {
                 .any(|a| accepted.contains(&a)),
             _ => return Err(JwtError::MissingClaim("aud")),
         };
-        if ok { Ok(()) } else { Err(JwtError::WrongAudience) }
+        if ok {
+            Ok(())
+        } else {
+            Err(JwtError::WrongAudience)
+        }
     }
 
     /// `exp` must be present and after `now - leeway`; `nbf` and `iat`, when present, must not be

@@ -22,7 +22,9 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).finish()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish()
     }
 }
 
@@ -166,7 +168,10 @@ mod tests {
         let der = k.to_pkcs8_der().unwrap();
         let k2 = SigningKey::from_pkcs8_der(&der).unwrap();
         assert_eq!(k.kid(), k2.kid());
-        assert_eq!(format!("{k:?}"), format!("SigningKey {{ kid: {:?} }}", k.kid()));
+        assert_eq!(
+            format!("{k:?}"),
+            format!("SigningKey {{ kid: {:?} }}", k.kid())
+        );
         assert!(SigningKey::from_pkcs8_der(b"garbage").is_err());
     }
 

@@ -7,13 +7,13 @@
 //! HS256-with-a-public-key confusion cannot be expressed. Claims are checked here against a
 //! caller-supplied time, never the process clock, so expiry is testable.
 
+pub mod assertion;
 mod b64;
+pub mod client;
 pub mod dpop;
 pub mod error;
-pub mod assertion;
-pub mod client;
-mod jws;
 pub mod jwk;
+mod jws;
 pub mod keys;
 pub mod secret;
 pub mod tokens;

@@ -64,8 +64,9 @@ impl KeyRing {
     ) -> Result<AccessClaims, JwtError> {
         let (header, _) = jws::header(token)?;
         match header.typ.as_deref() {
-            Some(t) if t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP)
-                || t.eq_ignore_ascii_case("application/at+jwt") => {}
+            Some(t)
+                if t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP)
+                    || t.eq_ignore_ascii_case("application/at+jwt") => {}
             other => {
                 return Err(JwtError::WrongType(
                     other.unwrap_or("none").chars().take(32).collect(),
@@ -79,7 +80,9 @@ impl KeyRing {
         let raw = jws::verify(token, key)?;
         let c = Claims(&raw);
         if c.str("iss")? != issuer {
-            return Err(JwtError::WrongIssuer(c.str("iss")?.chars().take(128).collect()));
+            return Err(JwtError::WrongIssuer(
+                c.str("iss")?.chars().take(128).collect(),
+            ));
         }
         c.audience_includes(&[audience])?;
         c.check_times(now, 0)?;
@@ -114,7 +117,9 @@ mod tests {
     fn issue_and_verify() {
         let ring = KeyRing::new(SigningKey::generate());
         let t = ring.issue_access_token(&claims(200)).unwrap();
-        let c = ring.verify_access_token(&t, "https://m", "https://m", 150).unwrap();
+        let c = ring
+            .verify_access_token(&t, "https://m", "https://m", 150)
+            .unwrap();
         assert_eq!(c.task_id, "t1");
         assert_eq!(
             ring.verify_access_token(&t, "https://m", "https://m", 200),

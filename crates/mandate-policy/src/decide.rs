@@ -2,9 +2,9 @@
 
 use cedar_policy::{Authorizer, Context, Decision, Request, Response, RestrictedExpression};
 
+use crate::OPEN_TASK;
 use crate::facts::{EntityIndex, Names, TargetKind};
 use crate::load::PolicyBundle;
-use crate::OPEN_TASK;
 
 /// A runtime question: may this agent, in this task, do this action on this target now?
 #[derive(Clone, Debug)]
@@ -135,13 +135,16 @@ impl PolicyBundle {
     ) -> Verdict {
         let context = match Context::from_pairs(context) {
             Ok(c) => c,
-            Err(e) => return Verdict::deny("mandate:context", format!("request context refused: {e}")),
+            Err(e) => {
+                return Verdict::deny("mandate:context", format!("request context refused: {e}"));
+            }
         };
         let request = match Request::new(principal, action, resource, context, None) {
             Ok(r) => r,
             Err(e) => return Verdict::deny("mandate:context", format!("request refused: {e}")),
         };
-        let response = Authorizer::new().is_authorized(&request, &self.policies, &entities.entities);
+        let response =
+            Authorizer::new().is_authorized(&request, &self.policies, &entities.entities);
         self.verdict(&response, asked)
     }
 

@@ -4,9 +4,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 
-use cedar_policy::{
-    Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression,
-};
+use cedar_policy::{Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
 use serde_json::Value;
 
 use crate::NAMESPACE;
@@ -94,7 +92,10 @@ impl TaskFacts {
     /// The Cedar record for `context.task`.
     pub fn to_cedar(&self) -> Result<RestrictedExpression, FactsError> {
         RestrictedExpression::new_record([
-            ("id".to_string(), RestrictedExpression::new_string(self.id.clone())),
+            (
+                "id".to_string(),
+                RestrictedExpression::new_string(self.id.clone()),
+            ),
             (
                 "intent".to_string(),
                 RestrictedExpression::new_string(self.intent.clone()),
@@ -260,13 +261,19 @@ impl EntityIndex {
                 attrs.insert(k.clone(), json_to_cedar(v, k)?);
             }
             out.push(
-                Entity::new(Names::uid(names.target(t.kind), &t.id), attrs, HashSet::new())
-                    .map_err(|e| FactsError::Cedar(e.to_string()))?,
+                Entity::new(
+                    Names::uid(names.target(t.kind), &t.id),
+                    attrs,
+                    HashSet::new(),
+                )
+                .map_err(|e| FactsError::Cedar(e.to_string()))?,
             );
         }
-        let entities = schema
+        let actions = schema
             .action_entities()
-            .and_then(|actions| actions.add_entities(out, None))
+            .map_err(|e| FactsError::Cedar(e.to_string()))?;
+        let entities = actions
+            .add_entities(out, None)
             .map_err(|e| FactsError::Cedar(e.to_string()))?;
         Ok(EntityIndex { entities })
     }

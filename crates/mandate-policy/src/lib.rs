@@ -22,7 +22,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use decide::{AdmissionQuery, Query, Verdict};
-pub use facts::{AgentFacts, EntityIndex, FactsError, TargetFacts, TargetKind, TaskFacts, json_to_cedar};
+pub use facts::{
+    AgentFacts, EntityIndex, FactsError, TargetFacts, TargetKind, TaskFacts, json_to_cedar,
+};
 pub use load::{LoadError, PolicyBundle, Problem, SourceFile};
 
 /// The Cedar namespace every Mandate entity type and action lives in.

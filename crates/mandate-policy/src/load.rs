@@ -149,9 +149,8 @@ impl PolicyBundle {
     /// Loads `dir`: exactly one `*.cedarschema` and the `*.cedar` files, in name order.
     pub fn load_dir(dir: &Path) -> Result<Self, LoadError> {
         let shown = dir.display().to_string();
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            LoadError::one(&shown, format!("cannot read policy directory: {e}"))
-        })?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| LoadError::one(&shown, format!("cannot read policy directory: {e}")))?;
         let mut schemas: Vec<PathBuf> = Vec::new();
         let mut policies: Vec<PathBuf> = Vec::new();
         for entry in entries {
@@ -348,8 +347,8 @@ impl PolicyBundle {
             .take(8)
             .map(|b| format!("{b:02x}"))
             .collect();
-        let names = crate::facts::Names::new()
-            .map_err(|e| LoadError::one(source, e.to_string()))?;
+        let names =
+            crate::facts::Names::new().map_err(|e| LoadError::one(source, e.to_string()))?;
         Ok(PolicyBundle {
             names,
             policies: set,
@@ -444,7 +443,10 @@ namespace Mandate {
     fn syntax_error_names_file_and_line() {
         let e = PolicyBundle::from_sources(
             &src("s.cedarschema", SCHEMA),
-            &[src("bad.cedar", "permit(principal, action, resource);\npermit(principal action);")],
+            &[src(
+                "bad.cedar",
+                "permit(principal, action, resource);\npermit(principal action);",
+            )],
             "test",
         )
         .unwrap_err();
@@ -476,8 +478,14 @@ namespace Mandate {
         let e = PolicyBundle::from_sources(
             &src("s.cedarschema", SCHEMA),
             &[
-                src("a.cedar", "@id(\"x\")\npermit(principal, action, resource);"),
-                src("b.cedar", "@id(\"x\")\npermit(principal, action, resource);"),
+                src(
+                    "a.cedar",
+                    "@id(\"x\")\npermit(principal, action, resource);",
+                ),
+                src(
+                    "b.cedar",
+                    "@id(\"x\")\npermit(principal, action, resource);",
+                ),
             ],
             "test",
         )
@@ -491,7 +499,11 @@ namespace Mandate {
     #[test]
     fn schema_is_required() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.cedar"), "permit(principal, action, resource);").unwrap();
+        std::fs::write(
+            dir.path().join("a.cedar"),
+            "permit(principal, action, resource);",
+        )
+        .unwrap();
         let e = PolicyBundle::load_dir(dir.path()).unwrap_err();
         assert!(e.to_string().contains("no `.cedarschema` file"), "{e}");
     }

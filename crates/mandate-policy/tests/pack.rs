@@ -1,5 +1,13 @@
 //! The shipped policy pack loads, validates, and decides the basic scenarios as documented.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on any surprise"
+)]
+
 use std::path::Path;
 
 use mandate_policy::{
@@ -17,7 +25,11 @@ fn index(b: &PolicyBundle, owner: Option<&str>, tier: &str) -> EntityIndex {
         id: "bot".into(),
         owner: owner.map(str::to_string),
         tier: tier.into(),
-        envelope: vec!["read:cases".into(), "export:cases".into(), "call:git.push".into()],
+        envelope: vec![
+            "read:cases".into(),
+            "export:cases".into(),
+            "call:git.push".into(),
+        ],
     };
     EntityIndex::build(b.schema(), [&agent], []).unwrap()
 }
@@ -39,7 +51,13 @@ fn request() -> Vec<(String, cedar_policy::RestrictedExpression)> {
     )]
 }
 
-fn decide(b: &PolicyBundle, idx: &EntityIndex, t: &TaskFacts, action: &str, target: &str) -> mandate_policy::Verdict {
+fn decide(
+    b: &PolicyBundle,
+    idx: &EntityIndex,
+    t: &TaskFacts,
+    action: &str,
+    target: &str,
+) -> mandate_policy::Verdict {
     b.decide(
         idx,
         &Query {
@@ -53,7 +71,12 @@ fn decide(b: &PolicyBundle, idx: &EntityIndex, t: &TaskFacts, action: &str, targ
     )
 }
 
-fn admit(b: &PolicyBundle, idx: &EntityIndex, t: &TaskFacts, dpop: bool) -> mandate_policy::Verdict {
+fn admit(
+    b: &PolicyBundle,
+    idx: &EntityIndex,
+    t: &TaskFacts,
+    dpop: bool,
+) -> mandate_policy::Verdict {
     b.admit(
         idx,
         &AdmissionQuery {
@@ -76,7 +99,10 @@ fn in_scope_read_is_allowed_out_of_scope_is_denied_by_default() {
     assert_eq!(v.policies, vec!["act-within-task-scope"]);
     let v = decide(&b, &idx, &t, "write", "cases");
     assert!(!v.allowed);
-    assert_eq!(v.reason, "no policy permits `write` on resource `cases` (deny by default)");
+    assert_eq!(
+        v.reason,
+        "no policy permits `write` on resource `cases` (deny by default)"
+    );
 }
 
 #[test]
@@ -97,7 +123,10 @@ fn undeclared_action_is_denied_with_reason() {
     let t = task("support", &["frobnicate:cases"], 600);
     let v = decide(&b, &idx, &t, "frobnicate", "cases");
     assert!(!v.allowed);
-    assert_eq!(v.reason, "action `frobnicate` is not declared in the policy schema");
+    assert_eq!(
+        v.reason,
+        "action `frobnicate` is not declared in the policy schema"
+    );
 }
 
 #[test]

@@ -10,9 +10,9 @@ use axum::routing::{get, post};
 use mandate_broker::{AdminError, NewAgent, NewOwner, Principal};
 use serde::{Deserialize, Serialize};
 
+use crate::AppState;
 use crate::body::Limited;
 use crate::errors::admin_error;
-use crate::AppState;
 
 /// The authenticated person making an admin call.
 pub(crate) struct Person(Principal);
@@ -34,8 +34,14 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin/v1/whoami", get(whoami))
         .route("/admin/v1/owners", get(list_owners).post(add_owner))
-        .route("/admin/v1/owners/{id}", get(show_owner).delete(remove_owner))
-        .route("/admin/v1/owners/{id}/tokens", get(list_tokens).post(issue_token))
+        .route(
+            "/admin/v1/owners/{id}",
+            get(show_owner).delete(remove_owner),
+        )
+        .route(
+            "/admin/v1/owners/{id}/tokens",
+            get(list_tokens).post(issue_token),
+        )
         .route(
             "/admin/v1/owners/{id}/tokens/{token}",
             axum::routing::delete(revoke_token),
@@ -64,7 +70,11 @@ fn created<T: Serialize>(r: Result<T, AdminError>) -> Response {
     }
 }
 
-async fn json<T: serde::de::DeserializeOwned>(s: &AppState, body: Limited, path: &str) -> Result<T, Response> {
+async fn json<T: serde::de::DeserializeOwned>(
+    s: &AppState,
+    body: Limited,
+    path: &str,
+) -> Result<T, Response> {
     body.json(&s.broker, path).await
 }
 
@@ -88,7 +98,11 @@ async fn add_owner(State(s): State<AppState>, Person(p): Person, body: Limited) 
     created(s.broker.add_owner(&p, new).await)
 }
 
-async fn show_owner(State(s): State<AppState>, Person(p): Person, Path(id): Path<String>) -> Response {
+async fn show_owner(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(id): Path<String>,
+) -> Response {
     ok(s.broker.owner(&p, &id))
 }
 
@@ -97,8 +111,7 @@ async fn remove_owner(
     Person(p): Person,
     Path(id): Path<String>,
 ) -> Response {
-    ok(s
-        .broker
+    ok(s.broker
         .remove_owner(&p, &id)
         .await
         .map(|orphaned| serde_json::json!({"removed": id, "orphaned_agents": orphaned})))
@@ -126,7 +139,11 @@ async fn issue_token(
     created(s.broker.issue_api_token(&p, &id, req.name, req.days).await)
 }
 
-async fn list_tokens(State(s): State<AppState>, Person(p): Person, Path(id): Path<String>) -> Response {
+async fn list_tokens(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(id): Path<String>,
+) -> Response {
     ok(s.broker.api_tokens(&p, &id).await)
 }
 
@@ -135,8 +152,7 @@ async fn revoke_token(
     Person(p): Person,
     Path((id, token)): Path<(String, String)>,
 ) -> Response {
-    ok(s
-        .broker
+    ok(s.broker
         .revoke_api_token(&p, &id, &token)
         .await
         .map(|()| serde_json::json!({"revoked": token})))
@@ -154,7 +170,11 @@ async fn add_agent(State(s): State<AppState>, Person(p): Person, body: Limited) 
     created(s.broker.add_agent(&p, new).await)
 }
 
-async fn show_agent(State(s): State<AppState>, Person(p): Person, Path(id): Path<String>) -> Response {
+async fn show_agent(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(id): Path<String>,
+) -> Response {
     ok(s.broker.agent(&p, &id))
 }
 
@@ -165,7 +185,11 @@ struct ReasonBody {
     reason: Option<String>,
 }
 
-async fn optional_reason(s: &AppState, body: Limited, path: &str) -> Result<Option<String>, Response> {
+async fn optional_reason(
+    s: &AppState,
+    body: Limited,
+    path: &str,
+) -> Result<Option<String>, Response> {
     if body.is_empty() {
         return Ok(None);
     }
@@ -186,7 +210,11 @@ async fn suspend_agent(
     ok(s.broker.suspend_agent(&p, &id, reason).await)
 }
 
-async fn resume_agent(State(s): State<AppState>, Person(p): Person, Path(id): Path<String>) -> Response {
+async fn resume_agent(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(id): Path<String>,
+) -> Response {
     ok(s.broker.resume_agent(&p, &id).await)
 }
 
@@ -210,13 +238,16 @@ async fn list_tasks(
         Ok(q) => q,
         Err(e) => return admin_error(AdminError::BadRequest(e.body_text())),
     };
-    ok(s
-        .broker
+    ok(s.broker
         .tasks(&p, q.agent.as_deref(), q.state.as_deref(), q.limit)
         .await)
 }
 
-async fn show_task(State(s): State<AppState>, Person(p): Person, Path(id): Path<String>) -> Response {
+async fn show_task(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(id): Path<String>,
+) -> Response {
     ok(s.broker.task(&p, &id).await)
 }
 
@@ -234,8 +265,7 @@ async fn revoke_task(
 }
 
 async fn reload_policies(State(s): State<AppState>, Person(p): Person) -> Response {
-    ok(s
-        .broker
+    ok(s.broker
         .reload_policies_as(&p)
         .await
         .map(|msg| serde_json::json!({"result": msg})))

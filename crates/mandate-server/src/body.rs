@@ -26,7 +26,11 @@ impl FromRequest<AppState> for Limited {
             Err(_) => {
                 let msg = format!("request body is larger than {MAX_BODY_BYTES} bytes");
                 state.broker.record_rejected_request(&path, &msg).await;
-                Err(json_error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", &msg))
+                Err(json_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request",
+                    &msg,
+                ))
             }
         }
     }
@@ -35,12 +39,20 @@ impl FromRequest<AppState> for Limited {
 impl Limited {
     /// Whether the body is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.as_ref().map_or(true, |b| b.iter().all(u8::is_ascii_whitespace))
+        self.0
+            .as_ref()
+            .map_or(true, |b| b.iter().all(u8::is_ascii_whitespace))
     }
 
     /// Parses the body as JSON; a refusal is audited.
-    pub async fn json<T: DeserializeOwned>(self, broker: &Broker, path: &str) -> Result<T, Response> {
-        let bytes = self.0.map_err(|m| json_error(StatusCode::BAD_REQUEST, "invalid_request", &m))?;
+    pub async fn json<T: DeserializeOwned>(
+        self,
+        broker: &Broker,
+        path: &str,
+    ) -> Result<T, Response> {
+        let bytes = self
+            .0
+            .map_err(|m| json_error(StatusCode::BAD_REQUEST, "invalid_request", &m))?;
         match serde_json::from_slice(&bytes) {
             Ok(v) => Ok(v),
             Err(e) => {

@@ -22,19 +22,29 @@ pub(crate) fn oauth_error(e: OAuthError) -> Response {
         OAuthError::UnsupportedGrantType(_) => (StatusCode::BAD_REQUEST, None, None),
         OAuthError::InvalidScope {
             policies, task_id, ..
-        } => (StatusCode::BAD_REQUEST, Some(policies.clone()), task_id.clone()),
+        } => (
+            StatusCode::BAD_REQUEST,
+            Some(policies.clone()),
+            task_id.clone(),
+        ),
         OAuthError::InvalidAuthorizationDetails {
             policies, task_id, ..
-        } => (StatusCode::BAD_REQUEST, Some(policies.clone()), task_id.clone()),
+        } => (
+            StatusCode::BAD_REQUEST,
+            Some(policies.clone()),
+            task_id.clone(),
+        ),
         OAuthError::InvalidDpopProof(_) => (StatusCode::BAD_REQUEST, None, None),
         OAuthError::ServerError(_) => (StatusCode::SERVICE_UNAVAILABLE, None, None),
     };
-    let mut body = serde_json::json!({"error": code, "error_description": e.to_string()});
+    let mut body = serde_json::Map::new();
+    body.insert("error".into(), code.into());
+    body.insert("error_description".into(), e.to_string().into());
     if let Some(p) = policies {
-        body["mandate_policies"] = serde_json::json!(p);
+        body.insert("mandate_policies".into(), p.into());
     }
     if let Some(t) = task_id {
-        body["task_id"] = serde_json::json!(t);
+        body.insert("task_id".into(), t.into());
     }
     let mut r = (status, axum::Json(body)).into_response();
     r.headers_mut()

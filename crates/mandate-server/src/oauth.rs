@@ -5,9 +5,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mandate_broker::{Caller, ClientAuth, OAuthError, TASK_DETAILS_TYPE, TokenRequest};
 
+use crate::AppState;
 use crate::body::{Form, Limited};
 use crate::errors::{json_error, oauth_error};
-use crate::AppState;
 
 /// RFC 8414 authorization server metadata.
 pub(crate) async fn metadata(State(s): State<AppState>) -> Response {
@@ -34,8 +34,10 @@ pub(crate) async fn metadata(State(s): State<AppState>) -> Response {
 /// The public signing keys.
 pub(crate) async fn jwks(State(s): State<AppState>) -> Response {
     let mut r = axum::Json(s.broker.jwks()).into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=60"),
+    );
     r
 }
 
@@ -57,7 +59,11 @@ async fn read_form(s: &AppState, body: Limited, path: &str) -> Result<Form, Resp
     }
 }
 
-pub(crate) async fn token(State(s): State<AppState>, headers: HeaderMap, body: Limited) -> Response {
+pub(crate) async fn token(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Limited,
+) -> Response {
     let form = match read_form(&s, body, "/oauth/token").await {
         Ok(f) => f,
         Err(r) => return r,
@@ -136,7 +142,11 @@ pub(crate) async fn introspect(
     }
 }
 
-pub(crate) async fn revoke(State(s): State<AppState>, headers: HeaderMap, body: Limited) -> Response {
+pub(crate) async fn revoke(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Limited,
+) -> Response {
     let form = match read_form(&s, body, "/oauth/revoke").await {
         Ok(f) => f,
         Err(r) => return r,

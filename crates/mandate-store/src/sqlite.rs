@@ -50,8 +50,9 @@ pub(crate) async fn open(
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| StoreError::Database(format!("cannot create `{}`: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Database(format!("cannot create `{}`: {e}", parent.display()))
+        })?;
     }
     let mut conn = SqliteConnection::connect_with(&options(path, opts.durability))
         .await
@@ -94,7 +95,10 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     for m in migrate::plan(SQLITE, &applied)? {
         let mut tx = conn.begin().await.map_err(db)?;
         sqlx::raw_sql(m.sql).execute(&mut *tx).await.map_err(|e| {
-            StoreError::Migration(format!("migration {} ({}) failed: {e}", m.version, m.description))
+            StoreError::Migration(format!(
+                "migration {} ({}) failed: {e}",
+                m.version, m.description
+            ))
         })?;
         sqlx::query(
             "INSERT INTO schema_migrations (version, description, checksum, applied_at) VALUES ($1, $2, $3, $4)",
@@ -187,10 +191,7 @@ impl Writer {
             }
             Err(e) => {
                 self.head = head_before;
-                self.conn
-                    .execute("ROLLBACK TO job")
-                    .await
-                    .map_err(db)?;
+                self.conn.execute("ROLLBACK TO job").await.map_err(db)?;
                 self.conn.execute("RELEASE job").await.map_err(db)?;
                 Err(e)
             }
@@ -500,7 +501,10 @@ impl SqliteReader {
         .collect()
     }
 
-    pub async fn api_token_by_hash(&self, hash: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
+    pub async fn api_token_by_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<ApiTokenRecord>, StoreError> {
         let row = sqlx::query("SELECT * FROM api_tokens WHERE hash = $1")
             .bind(hash)
             .fetch_optional(&self.pool)
@@ -509,15 +513,22 @@ impl SqliteReader {
         row.map(|r| token_from_row(&r)).transpose()
     }
 
-    pub async fn api_tokens(&self, owner: Option<&OwnerId>) -> Result<Vec<ApiTokenRecord>, StoreError> {
+    pub async fn api_tokens(
+        &self,
+        owner: Option<&OwnerId>,
+    ) -> Result<Vec<ApiTokenRecord>, StoreError> {
         let rows = match owner {
-            Some(o) => sqlx::query("SELECT * FROM api_tokens WHERE owner_id = $1 ORDER BY created_at")
-                .bind(o.as_str())
-                .fetch_all(&self.pool)
-                .await,
-            None => sqlx::query("SELECT * FROM api_tokens WHERE owner_id IS NULL ORDER BY created_at")
-                .fetch_all(&self.pool)
-                .await,
+            Some(o) => {
+                sqlx::query("SELECT * FROM api_tokens WHERE owner_id = $1 ORDER BY created_at")
+                    .bind(o.as_str())
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            None => {
+                sqlx::query("SELECT * FROM api_tokens WHERE owner_id IS NULL ORDER BY created_at")
+                    .fetch_all(&self.pool)
+                    .await
+            }
         }
         .map_err(db)?;
         rows.iter().map(token_from_row).collect()

@@ -1,5 +1,13 @@
 //! The store against a real SQLite file.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on any surprise"
+)]
+
 use std::sync::Arc;
 
 use mandate_core::audit::{AuditEvent, EventKind, verify_chain};
@@ -88,9 +96,19 @@ async fn commits_are_atomic_and_read_back() {
         .await
         .unwrap_err();
     assert_eq!(err, StoreError::Conflict("agent `bot`".into()));
-    assert!(store.owner(&OwnerId::parse("bob").unwrap()).await.unwrap().is_none());
+    assert!(
+        store
+            .owner(&OwnerId::parse("bob").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(store.audit_head().await.unwrap().unwrap().0, 1);
-    let got = store.agent(&AgentId::parse("bot").unwrap()).await.unwrap().unwrap();
+    let got = store
+        .agent(&AgentId::parse("bot").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, agent("bot", "alice"));
 }
 
@@ -103,7 +121,10 @@ async fn one_time_values_are_refused_twice_until_purged() {
         expires_at: Timestamp(100),
     };
     store.commit(vec![once()]).await.unwrap();
-    assert!(matches!(store.commit(vec![once()]).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.commit(vec![once()]).await,
+        Err(StoreError::Conflict(_))
+    ));
     store
         .commit(vec![Op::PurgeOnce {
             before: Timestamp(101),
@@ -118,7 +139,10 @@ async fn concurrent_commits_form_one_verifiable_chain_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(open(&dir).await);
     store
-        .commit(vec![Op::InsertOwner(owner("alice")), Op::InsertAgent(agent("bot", "alice"))])
+        .commit(vec![
+            Op::InsertOwner(owner("alice")),
+            Op::InsertAgent(agent("bot", "alice")),
+        ])
         .await
         .unwrap();
     let mut handles = Vec::new();
@@ -126,7 +150,10 @@ async fn concurrent_commits_form_one_verifiable_chain_and_survive_reopen() {
         let store = store.clone();
         handles.push(tokio::spawn(async move {
             let t = task("bot");
-            let mut ops = vec![Op::InsertTask(t.clone()), event(EventKind::TaskOpened, Some(&t.id))];
+            let mut ops = vec![
+                Op::InsertTask(t.clone()),
+                event(EventKind::TaskOpened, Some(&t.id)),
+            ];
             if i % 10 == 0 {
                 // Every tenth commit fails half-way and must leave no trace.
                 ops.push(Op::InsertOwner(owner("alice")));
@@ -152,7 +179,10 @@ async fn concurrent_commits_form_one_verifiable_chain_and_survive_reopen() {
     let report = verify_chain(&records, Some((head.0, &head.1)));
     assert!(report.ok(), "{:?}", report.problems);
     // The chain continues where it stopped.
-    let r = store.commit(vec![event(EventKind::ServerStarted, None)]).await.unwrap();
+    let r = store
+        .commit(vec![event(EventKind::ServerStarted, None)])
+        .await
+        .unwrap();
     assert_eq!(r.audit_seqs, vec![181]);
 }
 
@@ -160,6 +190,9 @@ async fn concurrent_commits_form_one_verifiable_chain_and_survive_reopen() {
 async fn updates_of_missing_rows_are_not_found() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    let err = store.commit(vec![Op::UpdateTask(task("bot"))]).await.unwrap_err();
+    let err = store
+        .commit(vec![Op::UpdateTask(task("bot"))])
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)));
 }

@@ -83,7 +83,10 @@ pub async fn run(global: &Global, settings: &Settings, cmd: AuditCmd) -> anyhow:
 }
 
 async fn verify(global: &Global, store: &Store) -> anyhow::Result<()> {
-    let head = store.audit_head().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let head = store
+        .audit_head()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut v = ChainVerifier::new();
     let mut from = 1;
     loop {
@@ -155,7 +158,11 @@ async fn trace(global: &Global, store: &Store, task: &str) -> anyhow::Result<()>
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut events = Vec::with_capacity(records.len());
     for r in &records {
-        events.push((r, r.event().with_context(|| format!("record {} is unreadable", r.seq))?));
+        events.push((
+            r,
+            r.event()
+                .with_context(|| format!("record {} is unreadable", r.seq))?,
+        ));
     }
     if global.json {
         let steps: Vec<_> = events
@@ -169,14 +176,19 @@ async fn trace(global: &Global, store: &Store, task: &str) -> anyhow::Result<()>
         "task {} · agent {} · owner {} · {}",
         t.id,
         t.agent,
-        t.owner.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".into()),
+        t.owner
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "-".into()),
         t.state
     );
     println!("intent: {} [{}]", t.intent.text, t.intent.class);
     println!("scope:  {}", t.scope);
     println!();
     output::table(
-        &["SEQ", "TIME", "STEP", "ACTION", "RESOURCE", "DECISION", "POLICIES", "REASON"],
+        &[
+            "SEQ", "TIME", "STEP", "ACTION", "RESOURCE", "DECISION", "POLICIES", "REASON",
+        ],
         events.iter().map(|(r, e)| event_line(r, e)).collect(),
     );
     Ok(())
@@ -201,7 +213,8 @@ async fn export(store: &Store, output: Option<PathBuf>, from: i64) -> anyhow::Re
         for r in &page {
             let event: serde_json::Value =
                 serde_json::from_str(&r.event_json).unwrap_or(serde_json::Value::Null);
-            let line = json!({"seq": r.seq, "prev_hash": r.prev_hash, "hash": r.hash, "event": event});
+            let line =
+                json!({"seq": r.seq, "prev_hash": r.prev_hash, "hash": r.hash, "event": event});
             writeln!(out, "{line}").context("cannot write export")?;
             n += 1;
         }

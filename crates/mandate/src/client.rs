@@ -38,11 +38,10 @@ impl AdminClient {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let resp = req
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach mandate at {}: {}", self.base, root(&e)))?;
+        let resp =
+            req.bearer_auth(&self.token).send().await.map_err(|e| {
+                anyhow::anyhow!("cannot reach mandate at {}: {}", self.base, root(&e))
+            })?;
         let status = resp.status();
         let body = resp.bytes().await.context("cannot read response")?;
         let json: Value = if body.is_empty() {
@@ -65,7 +64,8 @@ impl AdminClient {
 
     /// GET `path`.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.send(self.http.get(format!("{}{path}", self.base))).await
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
     }
 
     /// POST `body` as JSON to `path`.
@@ -76,7 +76,8 @@ impl AdminClient {
 
     /// DELETE `path`.
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        self.send(self.http.delete(format!("{}{path}", self.base))).await
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
     }
 }
 

@@ -11,7 +11,7 @@ use crate::Global;
 use crate::client::{AdminClient, seg};
 use crate::config::Settings;
 use crate::datadir::ADMIN_TOKEN_FILE;
-use crate::output::{self, field, time};
+use crate::output::{self, at, field, time};
 
 fn admin(global: &Global, settings: &Settings) -> anyhow::Result<AdminClient> {
     let server = global
@@ -21,7 +21,8 @@ fn admin(global: &Global, settings: &Settings) -> anyhow::Result<AdminClient> {
         .or_else(|| settings.public_url.clone())
         .unwrap_or_else(|| format!("http://{}", settings.listen));
     let token = if let Some(f) = &global.token_file {
-        std::fs::read_to_string(f).with_context(|| format!("cannot read token file `{}`", f.display()))?
+        std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read token file `{}`", f.display()))?
     } else if let Some(t) = crate::env("MANDATE_TOKEN") {
         t
     } else {
@@ -95,7 +96,9 @@ pub async fn owner(global: &Global, settings: &Settings, cmd: OwnerCmd) -> anyho
     let c = admin(global, settings)?;
     match cmd {
         OwnerCmd::Add { id, name } => {
-            let v = c.post("/admin/v1/owners", &json!({"id": id, "name": name})).await?;
+            let v = c
+                .post("/admin/v1/owners", &json!({"id": id, "name": name}))
+                .await?;
             show_owner(global, &v);
         }
         OwnerCmd::List => {
@@ -118,10 +121,17 @@ pub async fn owner(global: &Global, settings: &Settings, cmd: OwnerCmd) -> anyho
             if global.json {
                 output::json(&v);
             } else {
-                let orphans: Vec<String> = list(&v["orphaned_agents"])
+                let orphans: Vec<String> = list(at(&v, "orphaned_agents"))
                     .filter_map(|a| a.as_str().map(str::to_string))
                     .collect();
-                println!("removed owner {id}; orphaned agents: {}", if orphans.is_empty() { "none".into() } else { orphans.join(", ") });
+                println!(
+                    "removed owner {id}; orphaned agents: {}",
+                    if orphans.is_empty() {
+                        "none".into()
+                    } else {
+                        orphans.join(", ")
+                    }
+                );
             }
         }
         OwnerCmd::Token(t) => match t {
@@ -144,7 +154,9 @@ pub async fn owner(global: &Global, settings: &Settings, cmd: OwnerCmd) -> anyho
                 }
             }
             TokenCmd::List { owner } => {
-                let v = c.get(&format!("/admin/v1/owners/{}/tokens", seg(&owner))).await?;
+                let v = c
+                    .get(&format!("/admin/v1/owners/{}/tokens", seg(&owner)))
+                    .await?;
                 if global.json {
                     output::json(&v);
                 } else {
@@ -196,7 +208,7 @@ fn show_owner(global: &Global, v: &Value) {
 #[derive(Subcommand, Debug)]
 pub enum AgentCmd {
     /// Register an agent.
-    Add(AgentAdd),
+    Add(Box<AgentAdd>),
     /// List agents with their owners, tiers, active tasks and flags (e.g. `orphaned`).
     List,
     /// Show one agent.
@@ -317,7 +329,7 @@ pub async fn agent(global: &Global, settings: &Settings, cmd: AgentCmd) -> anyho
             } else {
                 let rows = list(&v)
                     .map(|a| {
-                        let flags: Vec<String> = list(&a["flags"])
+                        let flags: Vec<String> = list(at(a, "flags"))
                             .filter_map(|f| f.as_str().map(str::to_string))
                             .collect();
                         vec![
@@ -328,12 +340,15 @@ pub async fn agent(global: &Global, settings: &Settings, cmd: AgentCmd) -> anyho
                             },
                             field(a, "tier"),
                             field(a, "status"),
-                            list(&a["active_tasks"]).count().to_string(),
+                            list(at(a, "active_tasks")).count().to_string(),
                             flags.join(","),
                         ]
                     })
                     .collect();
-                output::table(&["AGENT", "OWNER", "TIER", "STATUS", "ACTIVE TASKS", "FLAGS"], rows);
+                output::table(
+                    &["AGENT", "OWNER", "TIER", "STATUS", "ACTIVE TASKS", "FLAGS"],
+                    rows,
+                );
             }
         }
         AgentCmd::Show { id } => {
@@ -342,7 +357,10 @@ pub async fn agent(global: &Global, settings: &Settings, cmd: AgentCmd) -> anyho
         }
         AgentCmd::Suspend { id, reason } => {
             let v = c
-                .post(&format!("/admin/v1/agents/{}/suspend", seg(&id)), &json!({"reason": reason}))
+                .post(
+                    &format!("/admin/v1/agents/{}/suspend", seg(&id)),
+                    &json!({"reason": reason}),
+                )
                 .await?;
             show_agent(global, &v);
         }
@@ -373,7 +391,10 @@ fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
     pem.push_str("-----END PRIVATE KEY-----\n");
     crate::datadir::write_private(out, pem.as_bytes())?;
     println!("{}", key.public_key());
-    eprintln!("private key written to {}; register the public key above with `mandate agent add --public-key`", out.display());
+    eprintln!(
+        "private key written to {}; register the public key above with `mandate agent add --public-key`",
+        out.display()
+    );
     Ok(())
 }
 
@@ -382,16 +403,18 @@ fn show_agent(global: &Global, v: &Value) {
         output::json(v);
         return;
     }
-    let envelope: Vec<String> = list(&v["envelope"])
+    let envelope: Vec<String> = list(at(v, "envelope"))
         .flat_map(|g| {
             let id = field(g, "identifier");
-            list(&g["actions"])
+            list(at(g, "actions"))
                 .filter_map(|a| a.as_str().map(|a| format!("{a}:{id}")))
                 .collect::<Vec<_>>()
         })
         .collect();
-    let attest: Vec<String> = list(&v["attestations"]).map(|a| field(a, "type")).collect();
-    let flags: Vec<String> = list(&v["flags"])
+    let attest: Vec<String> = list(at(v, "attestations"))
+        .map(|a| field(a, "type"))
+        .collect();
+    let flags: Vec<String> = list(at(v, "flags"))
         .filter_map(|f| f.as_str().map(str::to_string))
         .collect();
     output::pairs(&[
@@ -401,10 +424,17 @@ fn show_agent(global: &Global, v: &Value) {
         ("status", field(v, "status")),
         ("envelope", envelope.join(" ")),
         ("attestation", attest.join(", ")),
-        ("flags", if flags.is_empty() { "-".into() } else { flags.join(", ") }),
+        (
+            "flags",
+            if flags.is_empty() {
+                "-".into()
+            } else {
+                flags.join(", ")
+            },
+        ),
         ("registered", time(v, "created_at")),
     ]);
-    let tasks: Vec<Vec<String>> = list(&v["active_tasks"])
+    let tasks: Vec<Vec<String>> = list(at(v, "active_tasks"))
         .map(|t| {
             vec![
                 field(t, "id"),
@@ -417,7 +447,10 @@ fn show_agent(global: &Global, v: &Value) {
         .collect();
     if !tasks.is_empty() {
         println!();
-        output::table(&["ACTIVE TASK", "CLASS", "INTENT", "SCOPE", "EXPIRES"], tasks);
+        output::table(
+            &["ACTIVE TASK", "CLASS", "INTENT", "SCOPE", "EXPIRES"],
+            tasks,
+        );
     }
 }
 
@@ -454,7 +487,11 @@ pub enum TaskCmd {
 pub async fn task(global: &Global, settings: &Settings, cmd: TaskCmd) -> anyhow::Result<()> {
     let c = admin(global, settings)?;
     match cmd {
-        TaskCmd::List { agent, state, limit } => {
+        TaskCmd::List {
+            agent,
+            state,
+            limit,
+        } => {
             let mut q = Vec::new();
             if let Some(a) = agent {
                 q.push(format!("agent={}", seg(&a)));
@@ -480,13 +517,16 @@ pub async fn task(global: &Global, settings: &Settings, cmd: TaskCmd) -> anyhow:
                             field(t, "id"),
                             field(t, "agent"),
                             field(t, "state"),
-                            field(&t["intent"], "class"),
+                            field(at(t, "intent"), "class"),
                             time(t, "created_at"),
                             time(t, "expires_at"),
                         ]
                     })
                     .collect();
-                output::table(&["TASK", "AGENT", "STATE", "INTENT", "OPENED", "EXPIRES"], rows);
+                output::table(
+                    &["TASK", "AGENT", "STATE", "INTENT", "OPENED", "EXPIRES"],
+                    rows,
+                );
             }
         }
         TaskCmd::Show { id } => {
@@ -495,7 +535,10 @@ pub async fn task(global: &Global, settings: &Settings, cmd: TaskCmd) -> anyhow:
         }
         TaskCmd::Revoke { id, reason } => {
             let v = c
-                .post(&format!("/admin/v1/tasks/{}/revoke", seg(&id)), &json!({"reason": reason}))
+                .post(
+                    &format!("/admin/v1/tasks/{}/revoke", seg(&id)),
+                    &json!({"reason": reason}),
+                )
                 .await?;
             show_task(global, &v);
         }
@@ -508,10 +551,10 @@ fn show_task(global: &Global, v: &Value) {
         output::json(v);
         return;
     }
-    let scope: Vec<String> = list(&v["scope"])
+    let scope: Vec<String> = list(at(v, "scope"))
         .flat_map(|g| {
             let id = field(g, "identifier");
-            list(&g["actions"])
+            list(at(g, "actions"))
                 .filter_map(|a| a.as_str().map(|a| format!("{a}:{id}")))
                 .collect::<Vec<_>>()
         })
@@ -521,14 +564,21 @@ fn show_task(global: &Global, v: &Value) {
         ("agent", field(v, "agent")),
         ("owner", field(v, "owner")),
         ("state", field(v, "state")),
-        ("intent", field(&v["intent"], "text")),
-        ("intent class", field(&v["intent"], "class")),
+        ("intent", field(at(v, "intent"), "text")),
+        ("intent class", field(at(v, "intent"), "class")),
         ("scope", scope.join(" ")),
         ("opened", time(v, "created_at")),
         ("expires", time(v, "expires_at")),
         ("ended", time(v, "ended_at")),
         ("end reason", field(v, "end_reason")),
-        ("key-bound", if v.get("jkt").is_some() { "yes (DPoP)".into() } else { "no".into() }),
+        (
+            "key-bound",
+            if v.get("jkt").is_some() {
+                "yes (DPoP)".into()
+            } else {
+                "no".into()
+            },
+        ),
     ]);
 }
 
@@ -549,9 +599,15 @@ pub async fn policy(global: &Global, settings: &Settings, cmd: PolicyCmd) -> any
         PolicyCmd::Check { dir } => match mandate_policy::PolicyBundle::load_dir(&dir) {
             Ok(b) => {
                 if global.json {
-                    output::json(&json!({"ok": true, "policies": b.policy_ids(), "digest": b.digest()}));
+                    output::json(
+                        &json!({"ok": true, "policies": b.policy_ids(), "digest": b.digest()}),
+                    );
                 } else {
-                    println!("ok: {} policies valid against the schema ({})", b.len(), b.digest());
+                    println!(
+                        "ok: {} policies valid against the schema ({})",
+                        b.len(),
+                        b.digest()
+                    );
                 }
                 Ok(())
             }

@@ -142,7 +142,10 @@ impl Settings {
                 let meta = std::fs::metadata(path)
                     .with_context(|| format!("cannot read config `{}`", path.display()))?;
                 if meta.len() > MAX_CONFIG_BYTES {
-                    bail!("config `{}` is larger than {MAX_CONFIG_BYTES} bytes", path.display());
+                    bail!(
+                        "config `{}` is larger than {MAX_CONFIG_BYTES} bytes",
+                        path.display()
+                    );
                 }
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config `{}`", path.display()))?;
@@ -243,7 +246,11 @@ mod tests {
     fn env_overrides_file_and_flags_override_env() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("m.toml");
-        std::fs::write(&f, "data_dir = \"/srv/m\"\n[server]\nlisten = \"0.0.0.0:9000\"\n").unwrap();
+        std::fs::write(
+            &f,
+            "data_dir = \"/srv/m\"\n[server]\nlisten = \"0.0.0.0:9000\"\n",
+        )
+        .unwrap();
         let env = |k: &str| (k == "MANDATE_LISTEN").then(|| "127.0.0.1:7000".to_string());
         let s = Settings::load(Some(&f), &env, &Overrides::default()).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:7000");
@@ -265,6 +272,10 @@ mod tests {
         assert!(e.to_string().contains("unknown field `lisen`"), "{e}");
         std::fs::write(&f, "[tokens]\ndefault_ttl = 0\n").unwrap();
         let e = Settings::load(Some(&f), &no_env, &Overrides::default()).unwrap_err();
-        assert!(e.to_string().contains("`tokens.default_ttl` must be between 1"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("`tokens.default_ttl` must be between 1"),
+            "{e}"
+        );
     }
 }

@@ -19,7 +19,12 @@ use crate::config::{LogFormat, Overrides, Settings};
 /// Mandate gives AI agents task-scoped, short-lived credentials, decides every action they take
 /// by policy, and records all of it in a tamper-evident audit trail.
 #[derive(Parser, Debug)]
-#[command(name = "mandate", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "mandate",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -145,7 +150,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS backend for every outgoing connection (JWKS, webhooks, upstreams): rustls on ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -51,3 +51,8 @@ pub fn pairs(items: &[(&str, String)]) {
         println!("{k:width$}  {v}");
     }
 }
+
+/// The member `key` of `v`, or `null`.
+pub fn at<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.get(key).unwrap_or(&Value::Null)
+}

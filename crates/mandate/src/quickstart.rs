@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::client::AdminClient;
 use crate::config::{Overrides, Settings};
+use crate::output::at;
 use crate::serve;
 
 const OWNER: &str = "demo@example.com";
@@ -22,7 +23,13 @@ fn detail(text: &str) {
     println!("   {text}");
 }
 
-async fn decide(http: &reqwest::Client, base: &str, token: &str, action: &str, target: &str) -> anyhow::Result<(u16, Value)> {
+async fn decide(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    action: &str,
+    target: &str,
+) -> anyhow::Result<(u16, Value)> {
     let resp = http
         .post(format!("{base}/v1/decide"))
         .bearer_auth(token)
@@ -49,7 +56,10 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     println!("Mandate quickstart");
     println!("   broker    {base}");
     println!("   data dir  {}", dir.path().display());
-    println!("   policies  {} (the shipped pack)", settings.policy_dir.display());
+    println!(
+        "   policies  {} (the shipped pack)",
+        settings.policy_dir.display()
+    );
 
     let token_file = running
         .admin_token_file
@@ -61,11 +71,17 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
 
     step(1, "An owner is accountable for every agent.");
     admin
-        .post("/admin/v1/owners", &json!({"id": OWNER, "name": "Demo Owner"}))
+        .post(
+            "/admin/v1/owners",
+            &json!({"id": OWNER, "name": "Demo Owner"}),
+        )
         .await?;
     detail(&format!("owner `{OWNER}` added"));
 
-    step(2, "The agent is registered with its own key, a tier and an envelope.");
+    step(
+        2,
+        "The agent is registered with its own key, a tier and an envelope.",
+    );
     let key = AgentKey::generate();
     let envelope = "read:tickets write:tickets call:search_kb";
     admin
@@ -80,7 +96,10 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     detail(&format!("agent `{AGENT}` (tier low), envelope: {envelope}"));
     detail("the envelope is what its tasks may ever ask for; by itself it grants nothing");
 
-    step(3, "The agent opens a task: it proves its identity and states its intent and scope.");
+    step(
+        3,
+        "The agent opens a task: it proves its identity and states its intent and scope.",
+    );
     let details = json!([{
         "type": "mandate_task",
         "intent": "summarise ticket 42 for the customer",
@@ -106,32 +125,47 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     if !status.is_success() {
         bail!("task was not opened: {body}");
     }
-    let token = body["access_token"].as_str().unwrap_or_default().to_string();
-    let task_id = body["task_id"].as_str().unwrap_or_default().to_string();
-    detail(&format!("task {task_id} opened, scope `{}`", body["scope"].as_str().unwrap_or("")));
+    let token = at(&body, "access_token")
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let task_id = at(&body, "task_id")
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    detail(&format!(
+        "task {task_id} opened, scope `{}`",
+        at(&body, "scope").as_str().unwrap_or("")
+    ));
     detail(&format!(
         "its credential is a {}-second JWT naming the task (never the agent's standing rights)",
-        body["expires_in"]
+        at(&body, "expires_in")
     ));
 
     step(4, "Inside its scope: the agent reads the ticket.");
     let (_, v) = decide(&http, &base, &token, "read", "tickets").await?;
     detail(&format!(
         "read tickets -> {} ({})",
-        v["decision"].as_str().unwrap_or("?").to_uppercase(),
-        v["reason"].as_str().unwrap_or("")
+        at(&v, "decision").as_str().unwrap_or("?").to_uppercase(),
+        at(&v, "reason").as_str().unwrap_or("")
     ));
 
-    step(5, "Outside its scope: the agent tries to change the ticket.");
+    step(
+        5,
+        "Outside its scope: the agent tries to change the ticket.",
+    );
     let (_, v) = decide(&http, &base, &token, "write", "tickets").await?;
     detail(&format!(
         "write tickets -> {} ({})",
-        v["decision"].as_str().unwrap_or("?").to_uppercase(),
-        v["reason"].as_str().unwrap_or("")
+        at(&v, "decision").as_str().unwrap_or("?").to_uppercase(),
+        at(&v, "reason").as_str().unwrap_or("")
     ));
     detail("its envelope would allow writing tickets, but this task did not ask for it");
 
-    step(6, "The agent completes its task by revoking its credential (RFC 7009).");
+    step(
+        6,
+        "The agent completes its task by revoking its credential (RFC 7009).",
+    );
     let assertion = key
         .assertion(AGENT, &format!("{base}/oauth/token"), 60)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -145,21 +179,32 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         .send()
         .await?;
     if !resp.status().is_success() {
-        bail!("revocation failed: {}", resp.text().await.unwrap_or_default());
+        bail!(
+            "revocation failed: {}",
+            resp.text().await.unwrap_or_default()
+        );
     }
-    detail(&format!("task {task_id} completed; its privilege ended with it"));
+    detail(&format!(
+        "task {task_id} completed; its privilege ended with it"
+    ));
 
     step(7, "The old credential is used again after completion.");
     let (status, v) = decide(&http, &base, &token, "read", "tickets").await?;
     detail(&format!(
         "read tickets -> REFUSED, HTTP {status} ({})",
-        v["error_description"].as_str().unwrap_or("")
+        at(&v, "error_description").as_str().unwrap_or("")
     ));
 
     step(8, "Every step is in the hash-chained audit trail.");
     let store = running.broker.store().clone();
-    let head = store.audit_head().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let records = store.audit_range(1, 100_000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let head = store
+        .audit_head()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let records = store
+        .audit_range(1, 100_000)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut verifier = ChainVerifier::new();
     for r in &records {
         verifier.push(r);
@@ -168,7 +213,10 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     if !report.ok() {
         bail!("audit chain does not verify: {:?}", report.problems);
     }
-    detail(&format!("audit verify: ok, {} records, chain intact", report.records));
+    detail(&format!(
+        "audit verify: ok, {} records, chain intact",
+        report.records
+    ));
     let tid = mandate_core::TaskId::parse(task_id.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let steps = store
         .audit_for_tasks(std::slice::from_ref(&tid))

@@ -95,7 +95,7 @@ fn spawn_upkeep(broker: Arc<Broker>, mut stopped: watch::Receiver<bool>) {
             }
             broker.tick().await;
             n += 1;
-            if n % 300 == 0 {
+            if n.is_multiple_of(300) {
                 broker.purge_once().await;
             }
         }

@@ -1,5 +1,13 @@
 //! The audit chain against tampering with the real SQLite file, and durability across SIGKILL.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on any surprise"
+)]
+
 mod common;
 
 use common::Broker;
@@ -15,7 +23,9 @@ async fn db(b: &Broker) -> SqliteConnection {
 
 async fn some_history(b: &Broker) -> String {
     b.add_owner("ops").await;
-    let key = b.add_agent("bot", "ops", "low", "read:data write:data").await;
+    let key = b
+        .add_agent("bot", "ops", "low", "read:data write:data")
+        .await;
     let (_, t) = b.open_scope(&key, "bot", "read:data").await;
     let token = t["access_token"].as_str().unwrap().to_string();
     for action in ["read", "write", "read"] {
@@ -44,10 +54,12 @@ async fn verify_names_an_edited_record() {
         .execute(&mut c)
         .await
         .unwrap();
-    let seq: i64 = sqlx::query_scalar("SELECT seq FROM audit_log WHERE kind = 'decision' ORDER BY seq LIMIT 1 OFFSET 1")
-        .fetch_one(&mut c)
-        .await
-        .unwrap();
+    let seq: i64 = sqlx::query_scalar(
+        "SELECT seq FROM audit_log WHERE kind = 'decision' ORDER BY seq LIMIT 1 OFFSET 1",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
     let (ok, text) = verify(&b);
     assert!(!ok);
     assert!(text.contains(&format!("record {seq} was edited")), "{text}");
@@ -58,15 +70,28 @@ async fn verify_names_a_deleted_record_and_a_cut_tail() {
     let b = Broker::start().await;
     some_history(&b).await;
     let mut c = db(&b).await;
-    sqlx::query("DELETE FROM audit_log WHERE seq = 4").execute(&mut c).await.unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE seq = 4")
+        .execute(&mut c)
+        .await
+        .unwrap();
     let (ok, text) = verify(&b);
     assert!(!ok);
     assert!(text.contains("record 4 is missing (deleted)"), "{text}");
 
-    let last: i64 = sqlx::query_scalar("SELECT max(seq) FROM audit_log").fetch_one(&mut c).await.unwrap();
-    sqlx::query("DELETE FROM audit_log WHERE seq = $1").bind(last).execute(&mut c).await.unwrap();
+    let last: i64 = sqlx::query_scalar("SELECT max(seq) FROM audit_log")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE seq = $1")
+        .bind(last)
+        .execute(&mut c)
+        .await
+        .unwrap();
     let (_, text) = verify(&b);
-    assert!(text.contains(&format!("records {last} to {last} at the end are missing")), "{text}");
+    assert!(
+        text.contains(&format!("records {last} to {last} at the end are missing")),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -75,13 +100,28 @@ async fn verify_names_reordered_records() {
     some_history(&b).await;
     let mut c = db(&b).await;
     // Swap records 5 and 6 whole: content, links and hashes travel together.
-    sqlx::query("UPDATE audit_log SET seq = -1 WHERE seq = 5").execute(&mut c).await.unwrap();
-    sqlx::query("UPDATE audit_log SET seq = 5 WHERE seq = 6").execute(&mut c).await.unwrap();
-    sqlx::query("UPDATE audit_log SET seq = 6 WHERE seq = -1").execute(&mut c).await.unwrap();
+    sqlx::query("UPDATE audit_log SET seq = -1 WHERE seq = 5")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_log SET seq = 5 WHERE seq = 6")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_log SET seq = 6 WHERE seq = -1")
+        .execute(&mut c)
+        .await
+        .unwrap();
     let (ok, text) = verify(&b);
     assert!(!ok);
-    assert!(text.contains("record 5 is out of order: it was written as record 6"), "{text}");
-    assert!(text.contains("record 6 is out of order: it was written as record 5"), "{text}");
+    assert!(
+        text.contains("record 5 is out of order: it was written as record 6"),
+        "{text}"
+    );
+    assert!(
+        text.contains("record 6 is out of order: it was written as record 5"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -105,7 +145,11 @@ async fn bad_policy_reload_keeps_the_previous_set() {
     let b = Broker::start().await;
     let token = some_history(&b).await;
     let dir = b.data_dir().join("policies");
-    std::fs::write(dir.join("20-broken.cedar"), "permit(principal, action, resource)\nwhen { principal.nope };\n").unwrap();
+    std::fs::write(
+        dir.join("20-broken.cedar"),
+        "permit(principal, action, resource)\nwhen { principal.nope };\n",
+    )
+    .unwrap();
     let out = b.cli(&["policy", "reload"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -121,6 +165,10 @@ async fn bad_policy_reload_keeps_the_previous_set() {
     assert_eq!(b.audit_kind("policy_rejected").len(), 1);
     std::fs::remove_file(dir.join("20-broken.cedar")).unwrap();
     let out = b.cli(&["policy", "reload"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(b.audit_kind("policy_loaded").len(), 1);
 }

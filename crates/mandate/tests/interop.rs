@@ -1,6 +1,14 @@
 //! Interop with clients nobody here wrote: Python's authlib and PyJWT obtain, verify, introspect
 //! and revoke a task credential. The Python environment is installed by `scripts/test`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on any surprise"
+)]
+
 mod common;
 
 use std::path::PathBuf;
@@ -8,9 +16,11 @@ use std::path::PathBuf;
 use common::Broker;
 
 fn python() -> PathBuf {
-    let p = std::env::var("MANDATE_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.test-deps/venv/bin/python")
-    });
+    let p = std::env::var("MANDATE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.test-deps/venv/bin/python")
+        });
     assert!(
         p.exists(),
         "python test environment missing at {}: run scripts/setup-test-deps (scripts/test does)",
@@ -26,15 +36,33 @@ async fn authlib_and_pyjwt_speak_to_mandate() {
     // The agent's key comes from the CLI, in the PEM form other tools read.
     let key_path = b.data_dir().join("agent.pem");
     let out = b.cli(&["agent", "keygen", "--out", key_path.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let out = b.cli(&[
-        "agent", "add", "py-agent", "--owner", "research", "--tier", "low", "--envelope", "read:reports",
-        "--public-key", &public,
+        "agent",
+        "add",
+        "py-agent",
+        "--owner",
+        "research",
+        "--tier",
+        "low",
+        "--envelope",
+        "read:reports",
+        "--public-key",
+        &public,
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/oauth_interop.py");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/oauth_interop.py");
     let out = tokio::process::Command::new(python())
         .arg(script)
         .env("MANDATE_URL", &b.url)
@@ -58,5 +86,13 @@ async fn authlib_and_pyjwt_speak_to_mandate() {
         .filter(|e| e["task"] == task)
         .map(|e| e["kind"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(kinds, ["task_opened", "decision", "task_completed", "credential_refused"]);
+    assert_eq!(
+        kinds,
+        [
+            "task_opened",
+            "decision",
+            "task_completed",
+            "credential_refused"
+        ]
+    );
 }

@@ -1,6 +1,16 @@
 //! Helpers for end-to-end tests: a real `mandate serve` process on a temporary data directory,
 //! driven over HTTP the way agents and people drive it, and the real CLI.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the helpers"
+)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test helpers fail the test on any surprise"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -117,7 +127,8 @@ impl Broker {
         let v = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
         (status, v)
     }
@@ -178,7 +189,8 @@ impl Broker {
     }
 
     pub fn assertion(&self, key: &AgentKey, agent: &str) -> String {
-        key.assertion(agent, &self.token_endpoint(), 60).expect("sign")
+        key.assertion(agent, &self.token_endpoint(), 60)
+            .expect("sign")
     }
 
     /// POSTs a form to the token endpoint.
@@ -191,10 +203,19 @@ impl Broker {
     }
 
     /// Opens a task with `authorization_details`; `dpop` binds it to the agent's key.
-    pub async fn open_task(&self, key: &AgentKey, agent: &str, details: Value, dpop: bool) -> (u16, Value) {
+    pub async fn open_task(
+        &self,
+        key: &AgentKey,
+        agent: &str,
+        details: Value,
+        dpop: bool,
+    ) -> (u16, Value) {
         let assertion = self.assertion(key, agent);
         let details = details.to_string();
-        let proof = dpop.then(|| key.dpop_proof("POST", &self.token_endpoint(), None).expect("dpop"));
+        let proof = dpop.then(|| {
+            key.dpop_proof("POST", &self.token_endpoint(), None)
+                .expect("dpop")
+        });
         self.token_form(
             &[
                 ("grant_type", "client_credentials"),
@@ -223,7 +244,13 @@ impl Broker {
     }
 
     /// Asks for a decision with a bearer credential.
-    pub async fn decide(&self, token: &str, action: &str, kind: &str, target: &str) -> (u16, Value) {
+    pub async fn decide(
+        &self,
+        token: &str,
+        action: &str,
+        kind: &str,
+        target: &str,
+    ) -> (u16, Value) {
         let r = self
             .http
             .post(format!("{}/v1/decide", self.url))
@@ -236,7 +263,13 @@ impl Broker {
     }
 
     /// Asks for a decision with a DPoP-bound credential and a proof signed by `key`.
-    pub async fn decide_dpop(&self, token: &str, key: &AgentKey, action: &str, target: &str) -> (u16, Value) {
+    pub async fn decide_dpop(
+        &self,
+        token: &str,
+        key: &AgentKey,
+        action: &str,
+        target: &str,
+    ) -> (u16, Value) {
         let url = format!("{}/v1/decide", self.url);
         let proof = key.dpop_proof("POST", &url, Some(token)).expect("dpop");
         let r = self
@@ -297,7 +330,11 @@ impl Broker {
     /// Every audit event, in chain order, read with `mandate audit export`.
     pub fn audit(&self) -> Vec<Value> {
         let out = self.cli(&["audit", "export", "--format", "jsonl"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).expect("jsonl")["event"].clone())
@@ -306,7 +343,10 @@ impl Broker {
 
     /// Audit events of one kind.
     pub fn audit_kind(&self, kind: &str) -> Vec<Value> {
-        self.audit().into_iter().filter(|e| e["kind"] == kind).collect()
+        self.audit()
+            .into_iter()
+            .filter(|e| e["kind"] == kind)
+            .collect()
     }
 
     /// Number of tasks the store holds.
