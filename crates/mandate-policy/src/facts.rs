@@ -211,6 +211,11 @@ pub struct EntityIndex {
 }
 
 impl EntityIndex {
+    /// The Cedar entities, for benchmarks that compare against raw Cedar.
+    pub fn cedar_entities(&self) -> &Entities {
+        &self.entities
+    }
+
     /// An index with nothing in it.
     pub fn empty() -> Self {
         EntityIndex {

@@ -401,6 +401,11 @@ impl PolicyBundle {
     pub fn schema(&self) -> &Schema {
         &self.schema
     }
+
+    /// The Cedar policy set, for benchmarks that compare against raw Cedar.
+    pub fn cedar_policies(&self) -> &PolicySet {
+        &self.policies
+    }
 }
 
 #[cfg(test)]
