@@ -27,6 +27,8 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
+    attestation: RawAttestation,
+    #[serde(default)]
     log: RawLog,
 }
 
@@ -60,6 +62,13 @@ struct RawTokens {
     dpop_required_tiers: Option<Vec<Tier>>,
     dpop_max_age: Option<i64>,
     api_token_days: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAttestation {
+    jwks_cache_seconds: Option<i64>,
+    jwks_min_refresh_seconds: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +125,8 @@ pub struct Settings {
     pub dpop_max_age: i64,
     pub api_token_days: i64,
     pub sync_decisions: bool,
+    pub jwks_cache_seconds: i64,
+    pub jwks_min_refresh_seconds: i64,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -218,6 +229,16 @@ impl Settings {
             dpop_max_age: positive("tokens.dpop_max_age", t.dpop_max_age.unwrap_or(60), 600)?,
             api_token_days: positive("tokens.api_token_days", t.api_token_days.unwrap_or(90), 366)?,
             sync_decisions: raw.audit.sync_decisions.unwrap_or(true),
+            jwks_cache_seconds: positive(
+                "attestation.jwks_cache_seconds",
+                raw.attestation.jwks_cache_seconds.unwrap_or(300),
+                86_400,
+            )?,
+            jwks_min_refresh_seconds: raw
+                .attestation
+                .jwks_min_refresh_seconds
+                .unwrap_or(30)
+                .clamp(0, 3600),
             log_level,
             log_format: raw.log.format.unwrap_or_default(),
             data_dir,

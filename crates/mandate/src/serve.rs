@@ -65,6 +65,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     cfg.dpop_max_age = settings.dpop_max_age;
     cfg.api_token_days = settings.api_token_days;
     cfg.audit_sync_decisions = settings.sync_decisions;
+    cfg.jwks_ttl = settings.jwks_cache_seconds;
+    cfg.jwks_min_refresh = settings.jwks_min_refresh_seconds;
     let broker = Broker::start(cfg, store, KeyRing::new(key), Arc::new(SystemClock))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
