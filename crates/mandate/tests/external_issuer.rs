@@ -2,6 +2,14 @@
 //! EdDSA tokens made by Python's `cryptography` and PyJWT, a JWKS served over HTTP (refetched on
 //! an unknown `kid`) and read from a file.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on any surprise"
+)]
+
 mod common;
 
 use std::path::PathBuf;
