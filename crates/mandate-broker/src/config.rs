@@ -1,6 +1,6 @@
 //! The broker's validated settings. The binary reads raw TOML and environment into these.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use mandate_core::Tier;
@@ -36,6 +36,33 @@ pub struct BrokerConfig {
     pub jwks_min_refresh: i64,
     /// Default lifetime of owners' API tokens, in days.
     pub api_token_days: i64,
+    /// Denied calls in a row after which a task is suspended (revoked), per tier.
+    pub suspend_after_denied: BTreeMap<Tier, u64>,
+    /// How long an approval request (and an unused grant) stays valid, in seconds.
+    pub approval_ttl: i64,
+    /// Longest a decision request may wait for a person's approval, in seconds.
+    pub approval_max_wait: i64,
+    /// Where approval requests are announced, if anywhere.
+    pub webhook: Option<Webhook>,
+    /// Whether audit records keep a call's arguments (otherwise only their digest).
+    pub audit_arguments: bool,
+}
+
+/// A webhook: JSON POSTs signed with HMAC-SHA256 (`X-Mandate-Signature: sha256=<hex>`).
+#[derive(Clone)]
+pub struct Webhook {
+    /// Target URL.
+    pub url: String,
+    /// Shared secret for the signature.
+    pub secret: mandate_crypto::SecretString,
+    /// Attempts before giving up (the first plus retries with doubling backoff).
+    pub attempts: u32,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook").field("url", &self.url).finish()
+    }
 }
 
 impl BrokerConfig {
@@ -56,6 +83,15 @@ impl BrokerConfig {
             jwks_ttl: 300,
             jwks_min_refresh: 30,
             api_token_days: 90,
+            suspend_after_denied: BTreeMap::from([
+                (Tier::Low, 20),
+                (Tier::Medium, 10),
+                (Tier::High, 5),
+            ]),
+            approval_ttl: 900,
+            approval_max_wait: 60,
+            webhook: None,
+            audit_arguments: false,
         }
     }
 

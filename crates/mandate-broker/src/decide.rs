@@ -4,12 +4,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use mandate_core::TaskState;
+use cedar_policy::RestrictedExpression;
+use mandate_core::approval::args_digest;
 use mandate_core::audit::EventKind;
+use mandate_core::flow::FlowAdded;
 use mandate_core::scope::{check_action, check_target};
+use mandate_core::{Task, TaskState, Tier};
 use mandate_crypto::dpop::{DpopExpectation, verify_dpop};
 use mandate_crypto::{AccessClaims, JwtError};
-use mandate_policy::{Query, TargetKind, Verdict, json_to_cedar};
+use mandate_policy::{
+    Labels, Outcome, Query, TargetKind, Verdict, args_to_cedar, flow_to_cedar, json_to_cedar,
+};
 use mandate_store::Op;
 use serde::Serialize;
 
@@ -37,6 +42,9 @@ pub struct Target {
     pub id: String,
 }
 
+/// Largest serialized `arguments` accepted with a decision.
+pub const MAX_ARGUMENTS_BYTES: usize = 16 * 1024;
+
 /// A runtime question.
 #[derive(Clone, Debug)]
 pub struct DecideInput {
@@ -50,12 +58,18 @@ pub struct DecideInput {
     pub target: Target,
     /// Facts reported by the enforcement point (`context.request` in policies).
     pub context: serde_json::Map<String, serde_json::Value>,
+    /// The call's arguments (`context.args`; checked against argument rules in the scope).
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+    /// An approval request this call claims to be covered by.
+    pub approval_id: Option<String>,
+    /// How long to wait for a person's approval, in seconds (bounded by configuration).
+    pub wait: u64,
 }
 
 /// The answer.
 #[derive(Clone, Debug, Serialize)]
 pub struct DecisionOutcome {
-    /// `allow` or `deny`.
+    /// `allow`, `deny` or `needs_approval`.
     pub decision: &'static str,
     /// Whether allowed.
     #[serde(skip)]
@@ -68,6 +82,12 @@ pub struct DecisionOutcome {
     pub policies: Vec<String>,
     /// Why.
     pub reason: String,
+    /// The approval request, when one is pending or was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// Labels this decision added to the task's flow.
+    #[serde(skip_serializing_if = "FlowAdded::is_empty")]
+    pub flow_added: FlowAdded,
 }
 
 /// DPoP proofs seen recently, to refuse their replay.
@@ -217,87 +237,96 @@ impl Broker {
     }
 
     /// Decides one action. Errors mean no decision could be made (bad input or a refused
-    /// credential); a made decision, allow or deny, is an `Ok`.
+    /// credential); a made decision, allow, deny or needs-approval, is an `Ok`.
     pub async fn decide(&self, input: &DecideInput) -> Result<DecisionOutcome, DecideError> {
         let started = Instant::now();
-        let checked = check_action(&input.action)
-            .and_then(|()| check_target(&input.target.id))
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                json_to_cedar(&serde_json::Value::Object(input.context.clone()), "context")
-                    .map_err(|e| e.to_string())
-            });
-        let request = match checked {
-            Ok(r) => r,
+        let (request, args) = match self.check_decide_input(input) {
+            Ok(ok) => ok,
             Err(msg) => {
                 self.record_rejected_request("/v1/decide", &msg).await;
                 return Err(DecideError::BadRequest(msg));
             }
         };
-        let (claims, entry) = match self.credential(&input.token, input.dpop.as_ref()) {
-            Ok(ok) => ok,
-            Err(r) => {
-                metrics::counter!("mandate_credentials_refused_total").increment(1);
-                let mut e = self.event(EventKind::CredentialRefused);
-                e.agent = r.agent;
-                e.task = r.task;
-                e.action = Some(input.action.clone());
-                e.resource = Some(target_label(&input.target));
-                e.reason = Some(r.error.to_string());
-                self.audit_best_effort(e).await;
-                return Err(r.error);
-            }
+        let (claims, entry) = self
+            .credential_or_audit(
+                &input.token,
+                input.dpop.as_ref(),
+                &input.action,
+                &input.target,
+            )
+            .await?;
+        let tier = self
+            .inventory
+            .agent(&entry.read().agent)
+            .map(|a| a.tier)
+            .unwrap_or(Tier::High);
+        let now = self.now();
+        let bundle = self.policy.current();
+        let labels = bundle
+            .catalog()
+            .get(&input.target.id)
+            .map(|(_, l)| l.clone());
+        // The task is locked from judging to recording, so two calls of one task cannot both
+        // be judged on the labels from before either of them.
+        let mut step = {
+            let mut task = entry.write();
+            let verdict = self.judge(&mut task, &entry, &bundle, input, &args, request, now);
+            self.apply(
+                &mut task,
+                &input.target.id,
+                verdict,
+                labels.as_ref(),
+                tier,
+                now,
+            )
         };
-        let (verdict, mut event) = {
+        if step.verdict.outcome == Outcome::NeedsApproval {
+            self.approval_path(&entry, input, &mut step, labels.as_ref())
+                .await?;
+        }
+        let mut event = self.event(EventKind::Decision);
+        {
             let task = entry.read();
-            let verdict = if !task.scope.allows(&input.action, &input.target.id) {
-                Verdict::deny(
-                    "mandate:task-scope",
-                    format!(
-                        "`{}` on `{}` is outside the scope of task `{}` (granted: {})",
-                        input.action, input.target.id, task.id, task.scope
-                    ),
-                )
-            } else {
-                let bundle = self.policy.current();
-                bundle.decide(
-                    &self.entities.load(),
-                    &Query {
-                        agent: task.agent.as_str(),
-                        action: &input.action,
-                        target_kind: input.target.kind,
-                        target: &input.target.id,
-                        task: entry.facts.clone(),
-                        extra: vec![("request".to_string(), request)],
-                    },
-                )
-            };
-            let mut e = self.event(EventKind::Decision);
-            e.agent = Some(task.agent.to_string());
-            e.owner = task.owner.as_ref().map(ToString::to_string);
-            e.task = Some(task.id.to_string());
-            e.intent = Some(task.intent.text.clone());
-            (verdict, e)
-        };
-        let decision = if verdict.allowed { "allow" } else { "deny" };
+            event.agent = Some(task.agent.to_string());
+            event.owner = task.owner.as_ref().map(ToString::to_string);
+            event.task = Some(task.id.to_string());
+            event.intent = Some(task.intent.text.clone());
+        }
+        let decision = step.verdict.outcome.as_str();
         event.action = Some(input.action.clone());
         event.resource = Some(target_label(&input.target));
         event.decision = Some(decision.into());
-        event.policies = verdict.policies.clone();
-        event.reason = Some(verdict.reason.clone());
-        if self.cfg.audit_sync_decisions {
-            self.store
-                .commit(vec![Op::Audit(event)])
-                .await
-                .map_err(|e| {
-                    DecideError::Unavailable(format!(
-                        "the decision could not be recorded, so it is not given: {e}"
-                    ))
-                })?;
+        event.policies = step.verdict.policies.clone();
+        event.reason = Some(step.verdict.reason.clone());
+        let args_value = serde_json::Value::Object(input.arguments.clone());
+        let mut detail = serde_json::Map::new();
+        if !input.arguments.is_empty() {
+            detail.insert("args_digest".into(), args_digest(&args_value).into());
+            if self.cfg.audit_arguments {
+                detail.insert("arguments".into(), args_value);
+            }
+        }
+        if !step.added.is_empty() {
+            detail.insert("flow_added".into(), serde_json::json!(step.added));
+        }
+        if let Some(id) = &step.approval_id {
+            detail.insert("approval_id".into(), id.clone().into());
+        }
+        if !detail.is_empty() {
+            event.detail = serde_json::Value::Object(detail);
+        }
+        let mut ops = std::mem::take(&mut step.ops);
+        ops.insert(0, Op::Audit(event));
+        if self.cfg.audit_sync_decisions || ops.len() > 1 {
+            self.store.commit(ops).await.map_err(|e| {
+                DecideError::Unavailable(format!(
+                    "the decision could not be recorded, so it is not given: {e}"
+                ))
+            })?;
         } else {
             let store = self.store.clone();
             tokio::spawn(async move {
-                if let Err(e) = store.commit(vec![Op::Audit(event)]).await {
+                if let Err(e) = store.commit(ops).await {
                     tracing::error!(error = %e, "could not record decision");
                 }
             });
@@ -307,16 +336,197 @@ impl Broker {
             .record(started.elapsed().as_secs_f64());
         Ok(DecisionOutcome {
             decision,
-            allowed: verdict.allowed,
+            allowed: step.verdict.allowed(),
             task_id: claims.task_id,
             agent: claims.sub,
-            policies: verdict.policies,
-            reason: verdict.reason,
+            policies: step.verdict.policies,
+            reason: step.verdict.reason,
+            approval_id: step.approval_id,
+            flow_added: step.added,
         })
+    }
+
+    fn check_decide_input(
+        &self,
+        input: &DecideInput,
+    ) -> Result<(RestrictedExpression, RestrictedExpression), String> {
+        check_action(&input.action).map_err(|e| e.to_string())?;
+        check_target(&input.target.id).map_err(|e| e.to_string())?;
+        let request = json_to_cedar(&serde_json::Value::Object(input.context.clone()), "context")
+            .map_err(|e| e.to_string())?;
+        let size = serde_json::to_vec(&input.arguments)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > MAX_ARGUMENTS_BYTES {
+            return Err(format!(
+                "arguments are larger than {MAX_ARGUMENTS_BYTES} bytes"
+            ));
+        }
+        let args = args_to_cedar(&input.arguments).map_err(|e| e.to_string())?;
+        if let Some(id) = &input.approval_id
+            && (id.is_empty() || id.len() > 64)
+        {
+            return Err("approval_id is malformed".into());
+        }
+        Ok((request, args))
+    }
+
+    /// Checks a credential; a refusal is counted and audited.
+    pub(crate) async fn credential_or_audit(
+        &self,
+        token: &str,
+        dpop: Option<&DpopInput>,
+        action: &str,
+        target: &Target,
+    ) -> Result<(AccessClaims, Arc<TaskEntry>), DecideError> {
+        match self.credential(token, dpop) {
+            Ok(ok) => Ok(ok),
+            Err(r) => {
+                metrics::counter!("mandate_credentials_refused_total").increment(1);
+                let mut e = self.event(EventKind::CredentialRefused);
+                e.agent = r.agent;
+                e.task = r.task;
+                e.action = Some(action.to_string());
+                e.resource = Some(target_label(target));
+                e.reason = Some(r.error.to_string());
+                self.audit_best_effort(e).await;
+                Err(r.error)
+            }
+        }
+    }
+
+    /// Judges a call against the task's scope, its argument rules and the policies.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; the parts are all different"
+    )]
+    fn judge(
+        &self,
+        task: &mut Task,
+        entry: &TaskEntry,
+        bundle: &mandate_policy::PolicyBundle,
+        input: &DecideInput,
+        args: &RestrictedExpression,
+        request: RestrictedExpression,
+        now: mandate_core::Timestamp,
+    ) -> Verdict {
+        if task.state != TaskState::Active {
+            // Ended while this call waited for the lock.
+            return Verdict::deny(
+                "mandate:task-state",
+                format!("task `{}` is {}", task.id, task.state),
+            );
+        }
+        if !task.scope.allows(&input.action, &input.target.id) {
+            return Verdict::deny(
+                "mandate:task-scope",
+                format!(
+                    "`{}` on `{}` is outside the scope of task `{}` (granted: {})",
+                    input.action, input.target.id, task.id, task.scope
+                ),
+            );
+        }
+        if let Err(why) = task.scope.check_args(&input.target.id, &input.arguments) {
+            return Verdict::deny("mandate:task-arguments", why);
+        }
+        let flow = match flow_to_cedar(&mut task.flow, &input.target.id, now) {
+            Ok(f) => f,
+            Err(e) => return Verdict::deny("mandate:context", e.to_string()),
+        };
+        bundle.decide(
+            &self.entities.load(),
+            &Query {
+                agent: task.agent.as_str(),
+                action: &input.action,
+                target_kind: input.target.kind,
+                target: &input.target.id,
+                task: entry.facts.clone(),
+                request,
+                flow,
+                args: args.clone(),
+            },
+        )
+    }
+
+    /// Records a verdict in the task's flow labels; suspends the task when it keeps retrying
+    /// what it may not do.
+    fn apply(
+        &self,
+        task: &mut Task,
+        target: &str,
+        verdict: Verdict,
+        labels: Option<&Labels>,
+        tier: Tier,
+        now: mandate_core::Timestamp,
+    ) -> Step {
+        let mut step = Step {
+            verdict,
+            added: FlowAdded::default(),
+            ops: Vec::new(),
+            approval_id: None,
+        };
+        match step.verdict.outcome {
+            Outcome::Allow => {
+                step.added = record_allowed(task, target, labels, now);
+                if !step.added.is_empty() {
+                    // Labels survive a restart: they decide what the task may do next.
+                    step.ops.push(Op::UpdateTask(task.clone()));
+                }
+            }
+            Outcome::Deny => {
+                if task.state == TaskState::Active {
+                    task.flow.record_denied(now);
+                    let limit = self
+                        .cfg
+                        .suspend_after_denied
+                        .get(&tier)
+                        .copied()
+                        .unwrap_or(10);
+                    if task.flow.denied_in_a_row >= limit {
+                        task.state = TaskState::Revoked;
+                        task.ended_at = Some(now);
+                        task.end_reason = Some(format!(
+                            "suspended: {} denied calls in a row (limit for {tier} tier: {limit})",
+                            task.flow.denied_in_a_row
+                        ));
+                        step.ops.extend(self.end_ops_by(
+                            task.clone(),
+                            Some("mandate:velocity"),
+                            &step.verdict.policies,
+                        ));
+                    }
+                }
+            }
+            Outcome::NeedsApproval => {}
+        }
+        step
     }
 }
 
-fn target_label(t: &Target) -> String {
+/// A decision in the making: the verdict, what it added to the flow labels, and what must be
+/// written with its audit record.
+pub(crate) struct Step {
+    pub verdict: Verdict,
+    pub added: FlowAdded,
+    pub ops: Vec<Op>,
+    pub approval_id: Option<String>,
+}
+
+/// Records an allowed call in the task's flow labels.
+pub(crate) fn record_allowed(
+    task: &mut Task,
+    target: &str,
+    labels: Option<&Labels>,
+    now: mandate_core::Timestamp,
+) -> FlowAdded {
+    let empty = std::collections::BTreeSet::new();
+    let target_classes = labels.map_or(&empty, |l| &l.data_classes);
+    let egress = labels.and_then(Labels::egress_destination);
+    task.flow
+        .record_allowed(target, target_classes, egress, now)
+}
+
+pub(crate) fn target_label(t: &Target) -> String {
     let kind = match t.kind {
         TargetKind::Tool => "tool",
         TargetKind::Resource => "resource",

@@ -11,11 +11,13 @@
 //! visible.
 
 mod admin;
+mod approvals;
 mod attest;
 mod config;
 mod decide;
 mod error;
 mod oauth;
+mod report;
 mod state;
 
 use std::path::Path;
@@ -30,10 +32,11 @@ use mandate_store::{Op, Store};
 
 pub use admin::{AgentView, ApiTokenIssued, NewAgent, NewOwner, Principal};
 pub use attest::{ClientAuth, JWT_BEARER, JWT_SPIFFE};
-pub use config::BrokerConfig;
+pub use config::{BrokerConfig, Webhook};
 pub use decide::{DecideInput, DecisionOutcome, DpopInput, Target};
 pub use error::{AdminError, DecideError, OAuthError};
 pub use oauth::{Caller, TASK_DETAILS_TYPE, TokenRequest, TokenResponse};
+pub use report::{ReportInput, ReportOutcome};
 
 /// The broker. Cheap to share behind an `Arc`.
 pub struct Broker {
@@ -46,6 +49,7 @@ pub struct Broker {
     pub(crate) inventory: state::Inventory,
     pub(crate) jwks_cache: attest::JwksCache,
     pub(crate) replay: decide::ReplayCache,
+    pub(crate) approvals_changed: tokio::sync::Notify,
     http: std::sync::OnceLock<reqwest::Client>,
 }
 
@@ -88,6 +92,7 @@ impl Broker {
             inventory: state::Inventory::default(),
             jwks_cache: attest::JwksCache::default(),
             replay: decide::ReplayCache::default(),
+            approvals_changed: tokio::sync::Notify::new(),
             keys: ArcSwap::from_pointee(keys),
             http: std::sync::OnceLock::new(),
             cfg,
@@ -216,11 +221,19 @@ impl Broker {
                 let count = bundle.len();
                 self.policy.replace(bundle);
                 self.rebuild_entities();
+                let revoked = self.reassess_tasks(actor).await;
                 let mut e = self.event(EventKind::PolicyLoaded);
                 e.actor = actor.map(str::to_string);
-                e.detail = serde_json::json!({"policy_digest": digest, "policies": count});
+                e.detail = serde_json::json!({
+                    "policy_digest": digest,
+                    "policies": count,
+                    "revoked_tasks": revoked,
+                });
                 self.audit_best_effort(e).await;
-                Ok(format!("{count} policies loaded ({digest})"))
+                Ok(format!(
+                    "{count} policies loaded ({digest}); {} active tasks revoked by the change",
+                    revoked.len()
+                ))
             }
             Err(err) => {
                 let mut e = self.event(EventKind::PolicyRejected);
@@ -230,6 +243,35 @@ impl Broker {
                 Err(err.to_string())
             }
         }
+    }
+
+    /// Policy drift: re-runs admission for every active task under the policies now in force,
+    /// and revokes at once those no longer allowed, naming the policy that decided.
+    async fn reassess_tasks(&self, actor: Option<&str>) -> Vec<String> {
+        let now = self.now();
+        let mut revoked = Vec::new();
+        let active = self
+            .inventory
+            .tasks_where(|t| t.state == TaskState::Active && t.expires_at > now);
+        for entry in active {
+            let task = entry.read().clone();
+            let Some(agent) = self.inventory.agent(&task.agent) else {
+                continue;
+            };
+            let verdict = self.admit(&agent, &task);
+            if verdict.allowed() {
+                continue;
+            }
+            let reason = format!("policy change: {}", verdict.reason);
+            if let Some(t) = entry.end(TaskState::Revoked, now, &reason) {
+                revoked.push(t.id.to_string());
+                let ops = self.end_ops_by(t, actor.or(Some("policy-reload")), &verdict.policies);
+                if let Err(e) = self.store.commit(ops).await {
+                    tracing::error!(error = %e, "could not record a revocation by policy change");
+                }
+            }
+        }
+        revoked
     }
 
     /// Periodic upkeep: expires tasks whose TTL ran out, forgets old ended tasks and used

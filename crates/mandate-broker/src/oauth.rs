@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use mandate_core::audit::EventKind;
 use mandate_core::scope::Grant;
-use mandate_core::{Agent, Intent, Scope, Task, TaskId, TaskState, Timestamp};
+use mandate_core::{Agent, Budget, Intent, Scope, Task, TaskId, TaskState, Timestamp};
 use mandate_crypto::dpop::{DpopExpectation, verify_dpop};
 use mandate_crypto::{AccessClaims, Confirmation};
 use mandate_policy::{AdmissionQuery, Verdict, json_to_cedar};
@@ -69,6 +69,8 @@ struct TaskDetails {
     ttl: Option<i64>,
     #[serde(default)]
     access: Vec<Grant>,
+    #[serde(default)]
+    budget: Budget,
 }
 
 /// What an agent asked for, parsed and checked for form.
@@ -77,6 +79,7 @@ struct TaskAsk {
     intent: Intent,
     scope: Scope,
     ttl: i64,
+    budget: Budget,
     via_details: bool,
 }
 
@@ -100,6 +103,7 @@ impl Broker {
         };
         let mut intent = agent.default_intent.clone();
         let mut ttl = None;
+        let mut budget = Budget::default();
         let mut via_details = false;
         if let Some(raw) = &req.authorization_details {
             via_details = true;
@@ -142,13 +146,12 @@ impl Broker {
                     intent.class = class;
                 }
                 ttl = d.ttl;
-                let asked = Scope::from_grants(&d.access)
+                budget = d.budget;
+                // `scope` tokens and `access` entries (with their argument rules) add up.
+                let mut grants = scope.to_grants();
+                grants.extend(d.access);
+                scope = Scope::from_grants(&grants)
                     .map_err(|e| details_error(format!("`access`: {e}")))?;
-                for (a, t) in asked.pairs() {
-                    scope
-                        .insert(a, t)
-                        .map_err(|e| details_error(e.to_string()))?;
-                }
             }
         }
         intent.check().map_err(details_error)?;
@@ -169,6 +172,7 @@ impl Broker {
             intent,
             scope,
             ttl,
+            budget,
             via_details,
         })
     }
@@ -243,13 +247,16 @@ impl Broker {
             agent: agent.id.clone(),
             owner: agent.owner.clone(),
             intent: ask.intent.clone(),
-            scope: ask.scope.clone(),
+            // The envelope's argument rules bind the task too.
+            scope: ask.scope.narrowed_by(&agent.envelope),
             state: TaskState::Active,
             created_at: now,
             expires_at: now.plus_secs(ask.ttl),
             ended_at: None,
             end_reason: None,
             jkt: jkt.clone(),
+            budget: ask.budget,
+            flow: Default::default(),
         };
         let verdict = self.admit(&agent, &task);
         let mut ops: Vec<Op> = once
@@ -259,7 +266,7 @@ impl Broker {
                 expires_at: *exp,
             })
             .collect();
-        let mut e = self.event(if verdict.allowed {
+        let mut e = self.event(if verdict.allowed() {
             EventKind::TaskOpened
         } else {
             EventKind::TaskDenied
@@ -269,7 +276,7 @@ impl Broker {
         e.task = Some(task.id.to_string());
         e.intent = Some(task.intent.text.clone());
         e.action = Some("open_task".into());
-        e.decision = Some(if verdict.allowed { "allow" } else { "deny" }.into());
+        e.decision = Some(if verdict.allowed() { "allow" } else { "deny" }.into());
         e.policies = verdict.policies.clone();
         e.reason = Some(verdict.reason.clone());
         e.detail = serde_json::json!({
@@ -278,7 +285,7 @@ impl Broker {
             "ttl": ask.ttl,
             "dpop_bound": jkt.is_some(),
         });
-        if !verdict.allowed {
+        if !verdict.allowed() {
             let mut denied = task.clone();
             denied.state = TaskState::Denied;
             denied.ended_at = Some(now);
@@ -309,6 +316,7 @@ impl Broker {
             "intent_class": task.intent.class,
             "ttl": ask.ttl,
             "access": task.scope,
+            "budget": task.budget,
         }]);
         let claims = AccessClaims {
             iss: self.cfg.issuer.clone(),
@@ -344,7 +352,7 @@ impl Broker {
         })
     }
 
-    fn admit(&self, agent: &Agent, task: &Task) -> Verdict {
+    pub(crate) fn admit(&self, agent: &Agent, task: &Task) -> Verdict {
         if agent.is_orphaned() {
             return Verdict::deny(
                 "mandate:ownership",
@@ -561,6 +569,11 @@ impl Broker {
 
     /// The writes that record an ended task.
     pub(crate) fn end_ops(&self, t: Task, actor: Option<&str>) -> Vec<Op> {
+        self.end_ops_by(t, actor, &[])
+    }
+
+    /// The writes that record an ended task, naming the policies that ended it.
+    pub(crate) fn end_ops_by(&self, t: Task, actor: Option<&str>, policies: &[String]) -> Vec<Op> {
         let mut e = self.event(match t.state {
             TaskState::Completed => EventKind::TaskCompleted,
             TaskState::Expired => EventKind::TaskExpired,
@@ -572,6 +585,7 @@ impl Broker {
         e.task = Some(t.id.to_string());
         e.intent = Some(t.intent.text.clone());
         e.reason = t.end_reason.clone();
+        e.policies = policies.to_vec();
         vec![Op::UpdateTask(t), Op::Audit(e)]
     }
 }

@@ -59,6 +59,7 @@ pub(crate) fn task_facts(task: &Task) -> TaskFacts {
         intent_class: task.intent.class.clone(),
         granted: task.scope.tokens(),
         ttl_seconds: (task.expires_at.0 - task.created_at.0).div_euclid(1000),
+        budget: task.budget,
     }
 }
 

@@ -57,6 +57,14 @@ pub enum EventKind {
     PolicyLoaded,
     /// A policy set was refused; the previous one stays in force.
     PolicyRejected,
+    /// An enforcement point reported what a call returned.
+    FlowReported,
+    /// A call needs a person's approval; a request was created.
+    ApprovalRequested,
+    /// A person granted an approval request.
+    ApprovalGranted,
+    /// A person refused an approval request.
+    ApprovalDenied,
 }
 
 impl EventKind {
@@ -82,6 +90,10 @@ impl EventKind {
             EventKind::AgentResumed => "agent_resumed",
             EventKind::PolicyLoaded => "policy_loaded",
             EventKind::PolicyRejected => "policy_rejected",
+            EventKind::FlowReported => "flow_reported",
+            EventKind::ApprovalRequested => "approval_requested",
+            EventKind::ApprovalGranted => "approval_granted",
+            EventKind::ApprovalDenied => "approval_denied",
         }
     }
 }

@@ -4,13 +4,18 @@
 //! decisions, audit events and the hash chain that links them, and the clock. No I/O lives here,
 //! so every other crate can depend on it and every rule in it can be tested in isolation.
 
+pub mod approval;
+pub mod args;
 pub mod audit;
 pub mod clock;
+pub mod flow;
 pub mod ids;
 pub mod model;
 pub mod scope;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use ids::{AgentId, IdError, OwnerId, TaskId};
-pub use model::{Agent, AgentStatus, Attestation, EndReason, Intent, Owner, Task, TaskState, Tier};
+pub use model::{
+    Agent, AgentStatus, Attestation, Budget, EndReason, Intent, Owner, Task, TaskState, Tier,
+};
 pub use scope::{Grant, Scope, ScopeError};

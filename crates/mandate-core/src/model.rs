@@ -278,6 +278,32 @@ pub struct Task {
     /// RFC 7638 thumbprint of the key the credential is bound to (DPoP `cnf.jkt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jkt: Option<String>,
+    /// Per-task limits asked for at admission.
+    #[serde(default, skip_serializing_if = "Budget::is_empty")]
+    pub budget: Budget,
+    /// What the task has touched so far (flow labels).
+    #[serde(default)]
+    pub flow: crate::flow::Flow,
+}
+
+/// Limits a task asks for itself, on top of the tier's. Policies see them as
+/// `context.task.max_calls` and `context.task.max_calls_per_minute`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Most allowed calls in the task's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_calls: Option<u64>,
+    /// Most decisions per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_calls_per_minute: Option<u64>,
+}
+
+impl Budget {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.max_calls.is_none() && self.max_calls_per_minute.is_none()
+    }
 }
 
 impl Task {

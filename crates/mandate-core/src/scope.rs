@@ -11,6 +11,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::args::ArgRules;
+
 /// Most grants a scope may hold.
 pub const MAX_GRANTS: usize = 256;
 /// Longest target name.
@@ -49,6 +51,9 @@ pub struct Grant {
     /// The actions allowed on it. Defaults to `["call"]`.
     #[serde(default = "default_actions")]
     pub actions: Vec<String>,
+    /// Rules on the call's arguments (see [`crate::args`]).
+    #[serde(default, skip_serializing_if = "ArgRules::is_empty")]
+    pub arguments: ArgRules,
 }
 
 fn default_actions() -> Vec<String> {
@@ -59,6 +64,7 @@ fn default_actions() -> Vec<String> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Scope {
     grants: BTreeMap<String, BTreeSet<String>>,
+    args: BTreeMap<String, ArgRules>,
 }
 
 /// Checks an action name.
@@ -120,8 +126,50 @@ impl Scope {
             for a in &g.actions {
                 scope.insert(a, &g.identifier)?;
             }
+            if !g.arguments.is_empty() {
+                let merged = scope
+                    .args
+                    .get(&g.identifier)
+                    .map(|r| r.and(&g.arguments))
+                    .unwrap_or_else(|| g.arguments.clone());
+                scope.args.insert(g.identifier.clone(), merged);
+            }
         }
         Ok(scope)
+    }
+
+    /// The argument rules on `target`, if any.
+    pub fn arg_rules(&self, target: &str) -> Option<&ArgRules> {
+        self.args.get(target)
+    }
+
+    /// Checks a call's arguments against the rules on `target`.
+    pub fn check_args(
+        &self,
+        target: &str,
+        args: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        match self.args.get(target) {
+            Some(rules) => rules.check(args),
+            None => Ok(()),
+        }
+    }
+
+    /// This scope with `outer`'s argument rules added on the targets they share, so that the
+    /// result is within `outer`'s rules too.
+    pub fn narrowed_by(&self, outer: &Scope) -> Scope {
+        let mut out = self.clone();
+        for target in self.grants.keys() {
+            if let Some(o) = outer.args.get(target) {
+                let merged = out
+                    .args
+                    .get(target)
+                    .map(|m| m.and(o))
+                    .unwrap_or_else(|| o.clone());
+                out.args.insert(target.clone(), merged);
+            }
+        }
+        out
     }
 
     /// Adds one (action, target) pair after checking both.
@@ -165,20 +213,41 @@ impl Scope {
             .flat_map(|(t, acts)| acts.iter().map(move |a| (a.as_str(), t.as_str())))
     }
 
-    /// The pairs of `self` that `outer` does not hold, as `action:target` tokens.
+    /// What `self` asks beyond `outer`: pairs as `action:target` tokens, and arguments pinned
+    /// outside `outer`'s rules as `target(argument)`.
     pub fn excess_over(&self, outer: &Scope) -> Vec<String> {
-        self.pairs()
+        let mut out: Vec<String> = self
+            .pairs()
             .filter(|(a, t)| !outer.allows(a, t))
             .map(|(a, t)| format!("{a}:{t}"))
-            .collect()
+            .collect();
+        for (target, rules) in &self.args {
+            if let Some(o) = outer.args.get(target) {
+                out.extend(
+                    rules
+                        .escapes(o)
+                        .into_iter()
+                        .map(|a| format!("{target}({a})")),
+                );
+            }
+        }
+        out
     }
 
-    /// Whether every pair of `self` is in `outer`.
+    /// Whether every pair of `self` is in `outer`, and every argument `outer` constrains is
+    /// constrained in `self` within `outer`'s rules.
     pub fn is_subset_of(&self, outer: &Scope) -> bool {
         self.pairs().all(|(a, t)| outer.allows(a, t))
+            && self.grants.keys().all(|t| match outer.args.get(t) {
+                None => true,
+                Some(o) => {
+                    let mine = self.args.get(t).cloned().unwrap_or_default();
+                    o.0.keys().all(|name| mine.0.contains_key(name)) && mine.escapes(o).is_empty()
+                }
+            })
     }
 
-    /// The pairs held by both scopes.
+    /// The pairs held by both scopes, under the argument rules of both.
     pub fn intersect(&self, other: &Scope) -> Scope {
         let mut out = Scope::empty();
         for (a, t) in self.pairs() {
@@ -187,6 +256,16 @@ impl Scope {
                     .entry(t.to_string())
                     .or_default()
                     .insert(a.to_string());
+            }
+        }
+        for t in out.grants.keys() {
+            let rules = match (self.args.get(t), other.args.get(t)) {
+                (Some(x), Some(y)) => Some(x.and(y)),
+                (Some(x), None) | (None, Some(x)) => Some(x.clone()),
+                (None, None) => None,
+            };
+            if let Some(r) = rules {
+                out.args.insert(t.clone(), r);
             }
         }
         out
@@ -199,6 +278,7 @@ impl Scope {
             .map(|(t, acts)| Grant {
                 identifier: t.clone(),
                 actions: acts.iter().cloned().collect(),
+                arguments: self.args.get(t).cloned().unwrap_or_default(),
             })
             .collect()
     }
@@ -256,7 +336,8 @@ mod tests {
         assert!(matches!(
             Scope::from_grants(&[Grant {
                 identifier: "x".into(),
-                actions: vec![]
+                actions: vec![],
+                arguments: Default::default(),
             }]),
             Err(ScopeError::NoActions(_))
         ));
@@ -287,6 +368,33 @@ mod tests {
             }
             s
         })
+    }
+
+    #[test]
+    fn argument_rules_travel_with_the_scope() {
+        let asked: Scope = serde_json::from_value(serde_json::json!([
+            {"identifier": "send_money", "actions": ["call"], "arguments": {"amount": {"max": 100}}}
+        ]))
+        .unwrap();
+        let envelope: Scope = serde_json::from_value(serde_json::json!([
+            {"identifier": "send_money", "actions": ["call"], "arguments": {"amount": {"max": 1000}, "recipient": {"in": ["a", "b"]}}}
+        ]))
+        .unwrap();
+        assert!(asked.excess_over(&envelope).is_empty());
+        let effective = asked.narrowed_by(&envelope);
+        assert!(effective.is_subset_of(&envelope));
+        assert!(!asked.is_subset_of(&envelope), "leaves recipient free");
+        let call = serde_json::json!({"amount": 50, "recipient": "c"});
+        assert!(
+            effective
+                .check_args("send_money", call.as_object().unwrap())
+                .is_err()
+        );
+        let greedy: Scope = serde_json::from_value(serde_json::json!([
+            {"identifier": "send_money", "arguments": {"amount": {"max": 5000}}}
+        ]))
+        .unwrap();
+        assert_eq!(greedy.excess_over(&envelope), vec!["send_money(amount)"]);
     }
 
     proptest! {

@@ -76,6 +76,21 @@ pub fn ct_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
+/// HMAC-SHA256 of `body` under `key`, lowercase hex: the signature of webhook deliveries.
+pub fn hmac_sha256_hex(key: &[u8], body: &[u8]) -> String {
+    use hmac::Mac;
+    // HMAC accepts keys of any length, so this cannot fail.
+    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// base64url SHA-256 of `s`: the `ath` of DPoP, and a safe fingerprint of a token for logs.
 pub fn sha256_b64(s: &str) -> String {
     b64::encode(&Sha256::digest(s.as_bytes()))
@@ -84,6 +99,14 @@ pub fn sha256_b64(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_matches_rfc4231_case_2() {
+        assert_eq!(
+            hmac_sha256_hex(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
 
     #[test]
     fn api_tokens_are_random_and_hashed() {

@@ -86,32 +86,128 @@ pub struct TaskFacts {
     pub granted: Vec<String>,
     /// Lifetime asked for or granted, in seconds.
     pub ttl_seconds: i64,
+    /// Limits the task asked for itself.
+    pub budget: mandate_core::Budget,
 }
 
 impl TaskFacts {
     /// The Cedar record for `context.task`.
     pub fn to_cedar(&self) -> Result<RestrictedExpression, FactsError> {
-        RestrictedExpression::new_record([
-            (
-                "id".to_string(),
-                RestrictedExpression::new_string(self.id.clone()),
-            ),
-            (
-                "intent".to_string(),
-                RestrictedExpression::new_string(self.intent.clone()),
-            ),
-            (
-                "intent_class".to_string(),
-                RestrictedExpression::new_string(self.intent_class.clone()),
-            ),
-            ("granted".to_string(), string_set(&self.granted)),
-            (
-                "ttl_seconds".to_string(),
-                RestrictedExpression::new_long(self.ttl_seconds),
-            ),
-        ])
+        RestrictedExpression::new_record(
+            [
+                (
+                    "id".to_string(),
+                    RestrictedExpression::new_string(self.id.clone()),
+                ),
+                (
+                    "intent".to_string(),
+                    RestrictedExpression::new_string(self.intent.clone()),
+                ),
+                (
+                    "intent_class".to_string(),
+                    RestrictedExpression::new_string(self.intent_class.clone()),
+                ),
+                ("granted".to_string(), string_set(&self.granted)),
+                (
+                    "ttl_seconds".to_string(),
+                    RestrictedExpression::new_long(self.ttl_seconds),
+                ),
+            ]
+            .into_iter()
+            .chain(self.budget.max_calls.map(|n| {
+                (
+                    "max_calls".to_string(),
+                    RestrictedExpression::new_long(clamp(n)),
+                )
+            }))
+            .chain(self.budget.max_calls_per_minute.map(|n| {
+                (
+                    "max_calls_per_minute".to_string(),
+                    RestrictedExpression::new_long(clamp(n)),
+                )
+            })),
+        )
         .map_err(|e| FactsError::Cedar(e.to_string()))
     }
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The Cedar record for `context.flow`: the task's labels before this call, with the counters
+/// that concern `target` at `now`.
+pub fn flow_to_cedar(
+    flow: &mut mandate_core::flow::Flow,
+    target: &str,
+    now: mandate_core::Timestamp,
+) -> Result<RestrictedExpression, FactsError> {
+    let last_minute = flow.attempts_last_minute(now);
+    RestrictedExpression::new_record([
+        ("data_read".to_string(), string_set(&flow.data_read)),
+        ("egress".to_string(), string_set(&flow.egress)),
+        (
+            "calls".to_string(),
+            RestrictedExpression::new_long(clamp(flow.calls)),
+        ),
+        (
+            "calls_last_minute".to_string(),
+            RestrictedExpression::new_long(clamp(last_minute)),
+        ),
+        (
+            "target_calls".to_string(),
+            RestrictedExpression::new_long(clamp(flow.target_calls(target))),
+        ),
+        (
+            "distinct_targets".to_string(),
+            RestrictedExpression::new_long(clamp(flow.distinct_targets())),
+        ),
+        (
+            "denied_in_a_row".to_string(),
+            RestrictedExpression::new_long(clamp(flow.denied_in_a_row)),
+        ),
+    ])
+    .map_err(|e| FactsError::Cedar(e.to_string()))
+}
+
+/// The Cedar record for `context.args`. Unlike [`json_to_cedar`] it accepts any JSON: `null`
+/// members are left out, whole floats become integers and other numbers strings, so a call
+/// with unusual arguments is still decided (and policies that read such an argument fail closed).
+pub fn args_to_cedar(
+    args: &serde_json::Map<String, Value>,
+) -> Result<RestrictedExpression, FactsError> {
+    fn conv(v: &Value, depth: usize) -> Option<RestrictedExpression> {
+        if depth > MAX_JSON_DEPTH {
+            return None;
+        }
+        Some(match v {
+            Value::Null => return None,
+            Value::Bool(b) => RestrictedExpression::new_bool(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => RestrictedExpression::new_long(i),
+                None => match n.as_f64() {
+                    Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                        RestrictedExpression::new_long(f as i64)
+                    }
+                    _ => RestrictedExpression::new_string(n.to_string()),
+                },
+            },
+            Value::String(s) => RestrictedExpression::new_string(s.clone()),
+            Value::Array(items) => {
+                RestrictedExpression::new_set(items.iter().filter_map(|i| conv(i, depth + 1)))
+            }
+            Value::Object(m) => RestrictedExpression::new_record(
+                m.iter()
+                    .filter_map(|(k, v)| conv(v, depth + 1).map(|c| (k.clone(), c))),
+            )
+            .ok()?,
+        })
+    }
+    RestrictedExpression::new_record(
+        args.iter()
+            .filter_map(|(k, v)| conv(v, 1).map(|c| (k.clone(), c))),
+    )
+    .map_err(|e| FactsError::Cedar(e.to_string()))
 }
 
 fn string_set<'a>(items: impl IntoIterator<Item = &'a String>) -> RestrictedExpression {
@@ -173,6 +269,8 @@ pub(crate) struct Names {
     pub resource: EntityTypeName,
     pub task: EntityTypeName,
     pub action: EntityTypeName,
+    pub admin: EntityTypeName,
+    pub approval: EntityTypeName,
 }
 
 impl Names {
@@ -188,6 +286,8 @@ impl Names {
             resource: t("Resource")?,
             task: t("Task")?,
             action: t("Action")?,
+            admin: t("Admin")?,
+            approval: t("Approval")?,
         })
     }
 

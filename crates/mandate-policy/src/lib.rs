@@ -13,17 +13,21 @@
 //! enforcement point reported (`context.request`). A policy that fails to evaluate makes the
 //! decision a deny: an unevaluable `forbid` must never let a request through.
 
+mod catalog;
 mod decide;
 mod facts;
 mod load;
+pub mod testing;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-pub use decide::{AdmissionQuery, Query, Verdict};
+pub use catalog::{Catalog, Labels};
+pub use decide::{AdmissionQuery, ApprovalQuery, Approver, Outcome, Query, Verdict};
 pub use facts::{
-    AgentFacts, EntityIndex, FactsError, TargetFacts, TargetKind, TaskFacts, json_to_cedar,
+    AgentFacts, EntityIndex, FactsError, TargetFacts, TargetKind, TaskFacts, args_to_cedar,
+    flow_to_cedar, json_to_cedar,
 };
 pub use load::{LoadError, PolicyBundle, Problem, SourceFile};
 

@@ -9,6 +9,8 @@ use cedar_policy::{PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
+/// The catalog's file name in a policy directory.
+pub const CATALOG_FILE: &str = "catalog.toml";
 /// Largest policy or schema file read.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 /// Most `.cedar` files in a directory.
@@ -97,9 +99,14 @@ pub struct PolicyMeta {
 #[derive(Debug)]
 pub struct PolicyBundle {
     pub(crate) policies: PolicySet,
+    /// The policies without the approval gates.
+    pub(crate) ungated: PolicySet,
+    /// Ids of the approval gates (`forbid` policies annotated `@needs_approval`).
+    pub(crate) gates: BTreeSet<String>,
     pub(crate) schema: Schema,
     pub(crate) meta: HashMap<String, PolicyMeta>,
     pub(crate) actions: BTreeSet<String>,
+    pub(crate) catalog: crate::catalog::Catalog,
     pub(crate) names: crate::facts::Names,
     digest: String,
     source: String,
@@ -153,6 +160,7 @@ impl PolicyBundle {
             .map_err(|e| LoadError::one(&shown, format!("cannot read policy directory: {e}")))?;
         let mut schemas: Vec<PathBuf> = Vec::new();
         let mut policies: Vec<PathBuf> = Vec::new();
+        let mut catalog: Option<PathBuf> = None;
         for entry in entries {
             let path = entry
                 .map_err(|e| LoadError::one(&shown, e.to_string()))?
@@ -160,6 +168,9 @@ impl PolicyBundle {
             match path.extension().and_then(|e| e.to_str()) {
                 Some("cedarschema") => schemas.push(path),
                 Some("cedar") => policies.push(path),
+                _ if path.file_name().and_then(|n| n.to_str()) == Some(CATALOG_FILE) => {
+                    catalog = Some(path);
+                }
                 _ => {}
             }
         }
@@ -197,7 +208,14 @@ impl PolicyBundle {
                 text: read_limited(p)?,
             });
         }
-        Self::from_sources(&schema, &files, &shown)
+        let catalog = match catalog {
+            Some(p) => Some(SourceFile {
+                name: p.display().to_string(),
+                text: read_limited(&p)?,
+            }),
+            None => None,
+        };
+        Self::from_sources_with_catalog(&schema, &files, catalog.as_ref(), &shown)
     }
 
     /// Builds a bundle from a schema and policy sources held in memory.
@@ -206,7 +224,32 @@ impl PolicyBundle {
         files: &[SourceFile],
         source: &str,
     ) -> Result<Self, LoadError> {
+        Self::from_sources_with_catalog(schema_src, files, None, source)
+    }
+
+    /// Builds a bundle from a schema, policy sources and an optional `catalog.toml`.
+    pub fn from_sources_with_catalog(
+        schema_src: &SourceFile,
+        files: &[SourceFile],
+        catalog_src: Option<&SourceFile>,
+        source: &str,
+    ) -> Result<Self, LoadError> {
         let mut problems = Vec::new();
+        let catalog = match catalog_src {
+            None => crate::catalog::Catalog::default(),
+            Some(c) => match crate::catalog::Catalog::parse(&c.text) {
+                Ok(cat) => cat,
+                Err(message) => {
+                    problems.push(Problem {
+                        file: c.name.clone(),
+                        line: None,
+                        column: None,
+                        message,
+                    });
+                    crate::catalog::Catalog::default()
+                }
+            },
+        };
         let schema = match Schema::from_cedarschema_str(&schema_src.text) {
             Ok((schema, _warnings)) => Some(schema),
             Err(e) => {
@@ -220,9 +263,14 @@ impl PolicyBundle {
             }
         };
         let mut set = PolicySet::new();
+        let mut ungated = PolicySet::new();
+        let mut gates = BTreeSet::new();
         let mut meta: HashMap<String, PolicyMeta> = HashMap::new();
         let mut hasher = Sha256::new();
         hasher.update(schema_src.text.as_bytes());
+        if let Some(c) = catalog_src {
+            hasher.update(c.text.as_bytes());
+        }
         for file in files {
             hasher.update(file.name.as_bytes());
             hasher.update(file.text.as_bytes());
@@ -285,6 +333,29 @@ impl PolicyBundle {
                 }
                 let forbid = policy.effect() == cedar_policy::Effect::Forbid;
                 let renamed = policy.new_id(PolicyId::new(&id));
+                let gate = policy.annotation("needs_approval").is_some();
+                if gate && !forbid {
+                    problems.push(Problem {
+                        file: file.name.clone(),
+                        line,
+                        column: None,
+                        message: format!(
+                            "policy `{id}`: `@needs_approval` belongs on a `forbid` policy"
+                        ),
+                    });
+                    continue;
+                }
+                if gate {
+                    gates.insert(id.clone());
+                } else if let Err(e) = ungated.add(renamed.clone()) {
+                    problems.push(Problem {
+                        file: file.name.clone(),
+                        line,
+                        column: None,
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
                 if let Err(e) = set.add(renamed) {
                     problems.push(Problem {
                         file: file.name.clone(),
@@ -351,6 +422,9 @@ impl PolicyBundle {
             crate::facts::Names::new().map_err(|e| LoadError::one(source, e.to_string()))?;
         Ok(PolicyBundle {
             names,
+            catalog,
+            ungated,
+            gates,
             policies: set,
             schema,
             meta,
@@ -400,6 +474,11 @@ impl PolicyBundle {
     /// The schema.
     pub fn schema(&self) -> &Schema {
         &self.schema
+    }
+
+    /// The tool and resource catalog.
+    pub fn catalog(&self) -> &crate::catalog::Catalog {
+        &self.catalog
     }
 
     /// The Cedar policy set, for benchmarks that compare against raw Cedar.

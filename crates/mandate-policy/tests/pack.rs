@@ -10,9 +10,10 @@
 
 use std::path::Path;
 
+use mandate_core::flow::Flow;
 use mandate_policy::{
-    AdmissionQuery, AgentFacts, EntityIndex, PolicyBundle, Query, TargetKind, TaskFacts,
-    json_to_cedar,
+    AdmissionQuery, AgentFacts, ApprovalQuery, Approver, EntityIndex, Outcome, PolicyBundle, Query,
+    TargetKind, TaskFacts, args_to_cedar, flow_to_cedar, json_to_cedar,
 };
 
 fn pack() -> PolicyBundle {
@@ -41,14 +42,8 @@ fn task(class: &str, granted: &[&str], ttl: i64) -> TaskFacts {
         intent_class: class.into(),
         granted: granted.iter().map(|s| s.to_string()).collect(),
         ttl_seconds: ttl,
+        budget: Default::default(),
     }
-}
-
-fn request() -> Vec<(String, cedar_policy::RestrictedExpression)> {
-    vec![(
-        "request".into(),
-        json_to_cedar(&serde_json::json!({}), "request").unwrap(),
-    )]
 }
 
 fn decide(
@@ -58,6 +53,26 @@ fn decide(
     action: &str,
     target: &str,
 ) -> mandate_policy::Verdict {
+    decide_with(
+        b,
+        idx,
+        t,
+        action,
+        target,
+        &mut Flow::default(),
+        serde_json::json!({}),
+    )
+}
+
+fn decide_with(
+    b: &PolicyBundle,
+    idx: &EntityIndex,
+    t: &TaskFacts,
+    action: &str,
+    target: &str,
+    flow: &mut Flow,
+    args: serde_json::Value,
+) -> mandate_policy::Verdict {
     b.decide(
         idx,
         &Query {
@@ -66,7 +81,9 @@ fn decide(
             target_kind: TargetKind::Resource,
             target,
             task: t.to_cedar().unwrap(),
-            extra: request(),
+            request: json_to_cedar(&serde_json::json!({}), "request").unwrap(),
+            flow: flow_to_cedar(flow, target, mandate_core::Timestamp(0)).unwrap(),
+            args: args_to_cedar(args.as_object().unwrap()).unwrap(),
         },
     )
 }
@@ -95,10 +112,10 @@ fn in_scope_read_is_allowed_out_of_scope_is_denied_by_default() {
     let idx = index(&b, Some("alice"), "low");
     let t = task("support", &["read:cases"], 600);
     let v = decide(&b, &idx, &t, "read", "cases");
-    assert!(v.allowed, "{v:?}");
+    assert!(v.allowed(), "{v:?}");
     assert_eq!(v.policies, vec!["act-within-task-scope"]);
     let v = decide(&b, &idx, &t, "write", "cases");
-    assert!(!v.allowed);
+    assert!(!v.allowed());
     assert_eq!(
         v.reason,
         "no policy permits `write` on resource `cases` (deny by default)"
@@ -111,7 +128,7 @@ fn support_task_cannot_export_even_when_granted() {
     let idx = index(&b, Some("alice"), "low");
     let t = task("support", &["read:cases", "export:cases"], 600);
     let v = decide(&b, &idx, &t, "export", "cases");
-    assert!(!v.allowed);
+    assert!(!v.allowed());
     assert_eq!(v.policies, vec!["support-tasks-never-export"]);
     assert!(v.reason.contains("never export"), "{}", v.reason);
 }
@@ -122,7 +139,7 @@ fn undeclared_action_is_denied_with_reason() {
     let idx = index(&b, Some("alice"), "low");
     let t = task("support", &["frobnicate:cases"], 600);
     let v = decide(&b, &idx, &t, "frobnicate", "cases");
-    assert!(!v.allowed);
+    assert!(!v.allowed());
     assert_eq!(
         v.reason,
         "action `frobnicate` is not declared in the policy schema"
@@ -133,16 +150,129 @@ fn undeclared_action_is_denied_with_reason() {
 fn admission_enforces_envelope_tier_ttl_dpop_and_ownership() {
     let b = pack();
     let low = index(&b, Some("alice"), "low");
-    assert!(admit(&b, &low, &task("support", &["read:cases"], 3600), false).allowed);
+    assert!(admit(&b, &low, &task("support", &["read:cases"], 3600), false).allowed());
     let v = admit(&b, &low, &task("support", &["write:cases"], 600), false);
-    assert!(!v.allowed, "outside envelope");
+    assert!(!v.allowed(), "outside envelope");
     let high = index(&b, Some("alice"), "high");
     let v = admit(&b, &high, &task("support", &["read:cases"], 3600), true);
     assert_eq!(v.policies, vec!["tier-high-max-ttl"]);
     let v = admit(&b, &high, &task("support", &["read:cases"], 600), false);
     assert_eq!(v.policies, vec!["tier-high-needs-dpop"]);
-    assert!(admit(&b, &high, &task("support", &["read:cases"], 600), true).allowed);
+    assert!(admit(&b, &high, &task("support", &["read:cases"], 600), true).allowed());
     let orphan = index(&b, None, "low");
     let v = admit(&b, &orphan, &task("support", &["read:cases"], 600), false);
     assert_eq!(v.policies, vec!["orphaned-agent-opens-nothing"]);
+}
+
+#[test]
+fn approval_gate_turns_a_deny_into_needs_approval_only_when_otherwise_allowed() {
+    let b = pack();
+    let high = index(&b, Some("alice"), "high");
+    let t = task("payments", &["write:cases"], 600);
+    let small = decide_with(
+        &b,
+        &high,
+        &t,
+        "write",
+        "cases",
+        &mut Flow::default(),
+        serde_json::json!({"amount": 50}),
+    );
+    assert!(small.allowed(), "{small:?}");
+    let big = decide_with(
+        &b,
+        &high,
+        &t,
+        "write",
+        "cases",
+        &mut Flow::default(),
+        serde_json::json!({"amount": 500}),
+    );
+    assert_eq!(big.outcome, Outcome::NeedsApproval, "{big:?}");
+    assert_eq!(big.policies, vec!["large-amount-needs-approval"]);
+    assert!(
+        big.reason.starts_with("approval required by policy"),
+        "{}",
+        big.reason
+    );
+    // Out of scope stays a plain deny, gate or not.
+    let outside = decide_with(
+        &b,
+        &high,
+        &t,
+        "export",
+        "cases",
+        &mut Flow::default(),
+        serde_json::json!({"amount": 500}),
+    );
+    assert_eq!(outside.outcome, Outcome::Deny);
+}
+
+#[test]
+fn only_the_owner_may_approve() {
+    let b = pack();
+    let idx = index(&b, Some("alice"), "high");
+    let q = |approver| ApprovalQuery {
+        approver,
+        approval_id: "apr_1",
+        owner: Some("alice"),
+        agent: "bot",
+        tier: "high",
+        action: "call",
+        target: "refund",
+    };
+    assert!(b.may_approve(&idx, &q(Approver::Owner("alice"))).allowed());
+    assert!(!b.may_approve(&idx, &q(Approver::Owner("bob"))).allowed());
+    assert!(!b.may_approve(&idx, &q(Approver::Admin("root"))).allowed());
+}
+
+#[test]
+fn sensitive_read_then_egress_is_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    for f in std::fs::read_dir(&pack_dir).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(
+        dir.path().join("catalog.toml"),
+        "[resources.cases]\ndata_classes = [\"pii\"]\n[resources.paste]\negress = \"external\"\n",
+    )
+    .unwrap();
+    let b = PolicyBundle::load_dir(dir.path()).unwrap();
+    let agent = AgentFacts {
+        id: "bot".into(),
+        owner: Some("alice".into()),
+        tier: "low".into(),
+        envelope: vec![],
+    };
+    let idx = EntityIndex::build(b.schema(), [&agent], &b.catalog().facts()).unwrap();
+    let t = task("research", &["read:cases", "write:paste"], 600);
+    let mut flow = Flow::default();
+    assert!(
+        decide_with(
+            &b,
+            &idx,
+            &t,
+            "write",
+            "paste",
+            &mut flow,
+            serde_json::json!({})
+        )
+        .allowed()
+    );
+    let labels = b.catalog().get("cases").unwrap().1.data_classes.clone();
+    flow.record_allowed("cases", &labels, None, mandate_core::Timestamp(0));
+    let v = decide_with(
+        &b,
+        &idx,
+        &t,
+        "write",
+        "paste",
+        &mut flow,
+        serde_json::json!({}),
+    );
+    assert_eq!(v.policies, vec!["no-egress-after-sensitive-read"], "{v:?}");
 }

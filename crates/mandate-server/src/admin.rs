@@ -54,6 +54,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/admin/v1/tasks/{id}", get(show_task))
         .route("/admin/v1/tasks/{id}/revoke", post(revoke_task))
         .route("/admin/v1/policies/reload", post(reload_policies))
+        .route("/admin/v1/approvals", get(list_approvals))
+        .route("/admin/v1/approvals/{id}", get(show_approval))
+        .route("/admin/v1/approvals/{id}/grant", post(grant_approval))
+        .route("/admin/v1/approvals/{id}/deny", post(deny_approval))
 }
 
 fn ok<T: Serialize>(r: Result<T, AdminError>) -> Response {
@@ -269,4 +273,74 @@ async fn reload_policies(State(s): State<AppState>, Person(p): Person) -> Respon
         .reload_policies_as(&p)
         .await
         .map(|msg| serde_json::json!({"result": msg})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalQueryParams {
+    #[serde(default)]
+    state: Option<String>,
+}
+
+async fn list_approvals(
+    State(s): State<AppState>,
+    Person(p): Person,
+    q: Result<Query<ApprovalQueryParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return admin_error(AdminError::BadRequest(e.body_text())),
+    };
+    ok(s.broker.approvals(&p, q.state.as_deref()).await)
+}
+
+async fn show_approval(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(id): Path<String>,
+) -> Response {
+    ok(s.broker.approval(&p, &id).await)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NoteBody {
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn decide_approval(
+    s: &AppState,
+    p: &Principal,
+    id: &str,
+    grant: bool,
+    body: Limited,
+) -> Response {
+    let note = if body.is_empty() {
+        None
+    } else {
+        match json::<NoteBody>(s, body, "/admin/v1/approvals/{id}").await {
+            Ok(b) => b.note,
+            Err(r) => return r,
+        }
+    };
+    ok(s.broker.decide_approval(p, id, grant, note).await)
+}
+
+async fn grant_approval(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(id): Path<String>,
+    body: Limited,
+) -> Response {
+    decide_approval(&s, &p, &id, true, body).await
+}
+
+async fn deny_approval(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(id): Path<String>,
+    body: Limited,
+) -> Response {
+    decide_approval(&s, &p, &id, false, body).await
 }

@@ -6,6 +6,7 @@
 //! errors to statuses here, one arm per variant.
 
 mod admin;
+mod authzen;
 mod body;
 mod errors;
 mod oauth;
@@ -67,6 +68,13 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/oauth/introspect", post(oauth::introspect))
         .route("/oauth/revoke", post(oauth::revoke))
         .route("/v1/decide", post(decide))
+        .route("/v1/report", post(report))
+        .route(
+            "/.well-known/authzen-configuration",
+            get(authzen::configuration),
+        )
+        .route("/access/v1/evaluation", post(authzen::evaluation))
+        .route("/access/v1/evaluations", post(authzen::evaluations))
         .merge(admin::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -138,6 +146,25 @@ struct DecideBody {
     resource: ResourceBody,
     #[serde(default)]
     context: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    arguments: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    approval_id: Option<String>,
+    /// Seconds to wait for a person's approval.
+    #[serde(default)]
+    wait: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportBody {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    dpop: Option<DpopBody>,
+    #[serde(default)]
+    resource: Option<ResourceBody>,
+    data_classes: Vec<String>,
 }
 
 /// The credential from `Authorization: Bearer|DPoP <token>`, and whether the DPoP scheme was used.
@@ -154,20 +181,24 @@ pub(crate) fn auth_header(headers: &HeaderMap) -> Option<(String, bool)> {
     }
 }
 
-async fn decide(State(s): State<AppState>, headers: HeaderMap, body: body::Limited) -> Response {
-    let parsed: DecideBody = match body.json(&s.broker, "/v1/decide").await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let (token, dpop) = match (parsed.token, auth_header(&headers)) {
-        (Some(t), _) => (
+/// The credential and DPoP proof of a request: from the body when a PEP asks on an agent's
+/// behalf, else from the `Authorization` and `DPoP` headers of the agent's own request.
+fn credential(
+    s: &AppState,
+    headers: &HeaderMap,
+    token: Option<String>,
+    dpop: Option<DpopBody>,
+    path: &str,
+) -> Option<(String, Option<DpopInput>)> {
+    match (token, auth_header(headers)) {
+        (Some(t), _) => Some((
             t,
-            parsed.dpop.map(|d| DpopInput {
+            dpop.map(|d| DpopInput {
                 proof: d.proof,
                 method: d.method,
                 url: d.url,
             }),
-        ),
+        )),
         (None, Some((t, _))) => {
             let proof = headers
                 .get("dpop")
@@ -175,15 +206,28 @@ async fn decide(State(s): State<AppState>, headers: HeaderMap, body: body::Limit
                 .map(|p| DpopInput {
                     proof: p.to_string(),
                     method: "POST".into(),
-                    url: s.broker.config().decide_endpoint(),
+                    url: format!("{}{path}", s.broker.config().issuer),
                 });
-            (t, proof)
+            Some((t, proof))
         }
-        (None, None) => {
-            return errors::decide_error(mandate_broker::DecideError::InvalidToken(
-                "a task credential is required: send `token` or an Authorization header".into(),
-            ));
-        }
+        (None, None) => None,
+    }
+}
+
+fn no_credential() -> Response {
+    errors::decide_error(mandate_broker::DecideError::InvalidToken(
+        "a task credential is required: send `token` or an Authorization header".into(),
+    ))
+}
+
+async fn decide(State(s): State<AppState>, headers: HeaderMap, body: body::Limited) -> Response {
+    let parsed: DecideBody = match body.json(&s.broker, "/v1/decide").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some((token, dpop)) = credential(&s, &headers, parsed.token, parsed.dpop, "/v1/decide")
+    else {
+        return no_credential();
     };
     let input = DecideInput {
         token,
@@ -194,8 +238,35 @@ async fn decide(State(s): State<AppState>, headers: HeaderMap, body: body::Limit
             id: parsed.resource.id,
         },
         context: parsed.context,
+        arguments: parsed.arguments,
+        approval_id: parsed.approval_id,
+        wait: parsed.wait,
     };
     match s.broker.decide(&input).await {
+        Ok(outcome) => axum::Json(outcome).into_response(),
+        Err(e) => errors::decide_error(e),
+    }
+}
+
+async fn report(State(s): State<AppState>, headers: HeaderMap, body: body::Limited) -> Response {
+    let parsed: ReportBody = match body.json(&s.broker, "/v1/report").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some((token, dpop)) = credential(&s, &headers, parsed.token, parsed.dpop, "/v1/report")
+    else {
+        return no_credential();
+    };
+    let input = mandate_broker::ReportInput {
+        token,
+        dpop,
+        target: parsed.resource.map(|r| Target {
+            kind: r.kind,
+            id: r.id,
+        }),
+        data_classes: parsed.data_classes,
+    };
+    match s.broker.report(&input).await {
         Ok(outcome) => axum::Json(outcome).into_response(),
         Err(e) => errors::decide_error(e),
     }

@@ -18,7 +18,7 @@ use std::path::Path;
 use mandate_core::audit::AuditRecord;
 use tokio::sync::{mpsc, oneshot};
 
-pub use model::{ApiTokenRecord, Op, Receipt, Role, TaskFilter};
+pub use model::{ApiTokenRecord, ApprovalFilter, Op, Receipt, Role, TaskFilter};
 
 use mandate_core::{Agent, AgentId, Owner, OwnerId, Task, TaskId};
 
@@ -220,6 +220,26 @@ impl Store {
     pub async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
         match &self.reader {
             Reader::Sqlite(r) => r.audit_head().await,
+        }
+    }
+
+    /// One approval request.
+    pub async fn approval(
+        &self,
+        id: &str,
+    ) -> Result<Option<mandate_core::approval::Approval>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(r) => r.approval(id).await,
+        }
+    }
+
+    /// Approval requests matching `filter`, newest first.
+    pub async fn approvals(
+        &self,
+        filter: &ApprovalFilter,
+    ) -> Result<Vec<mandate_core::approval::Approval>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(r) => r.approvals(filter).await,
         }
     }
 

@@ -1,5 +1,6 @@
 //! What can be written, and what reads return besides the core types.
 
+use mandate_core::approval::{Approval, ApprovalState};
 use mandate_core::audit::AuditEvent;
 use mandate_core::{Agent, AgentId, Owner, OwnerId, Task, TaskState, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -95,6 +96,16 @@ pub enum Op {
         /// Cut-off.
         before: Timestamp,
     },
+    /// Record a new approval request.
+    InsertApproval(Approval),
+    /// Replace an approval request, only if it is still in state `from`; otherwise the commit
+    /// fails with `Conflict` (a grant is used once, a request decided once).
+    UpdateApproval {
+        /// The new version.
+        approval: Approval,
+        /// The state it must still be in.
+        from: ApprovalState,
+    },
     /// Append an event to the audit chain.
     Audit(AuditEvent),
     /// Set a key-value pair.
@@ -111,6 +122,19 @@ pub enum Op {
 pub struct Receipt {
     /// Sequence numbers given to the commit's audit events, in order.
     pub audit_seqs: Vec<i64>,
+}
+
+/// Which approval requests to list.
+#[derive(Clone, Debug, Default)]
+pub struct ApprovalFilter {
+    /// Only of this task.
+    pub task: Option<mandate_core::TaskId>,
+    /// Only for agents of this owner.
+    pub owner: Option<OwnerId>,
+    /// Only in this state.
+    pub state: Option<ApprovalState>,
+    /// At most this many (default 1000).
+    pub limit: Option<i64>,
 }
 
 /// Which tasks to list.

@@ -14,8 +14,9 @@ use sqlx::{Connection, Executor, Row};
 use tokio::sync::mpsc;
 
 use crate::migrate::{self, SQLITE};
-use crate::model::{ApiTokenRecord, Op, Receipt, Role, TaskFilter};
+use crate::model::{ApiTokenRecord, ApprovalFilter, Op, Receipt, Role, TaskFilter};
 use crate::{Durability, Job, StoreError, StoreOptions};
+use mandate_core::approval::Approval;
 
 fn db(e: sqlx::Error) -> StoreError {
     if let Some(d) = e.as_database_error()
@@ -332,6 +333,42 @@ impl Writer {
                     .await
                     .map_err(db)?;
             }
+            Op::InsertApproval(a) => {
+                sqlx::query(
+                    "INSERT INTO approvals (id, task_id, owner_id, state, call_hash, created_at, expires_at, body)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&a.id)
+                .bind(a.task.as_str())
+                .bind(a.owner.as_ref().map(OwnerId::as_str))
+                .bind(a.state.as_str())
+                .bind(&a.call_hash)
+                .bind(a.created_at.0)
+                .bind(a.expires_at.0)
+                .bind(to_json(a)?)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| conflict(e, format!("approval `{}`", a.id)))?;
+            }
+            Op::UpdateApproval { approval: a, from } => {
+                let done = sqlx::query(
+                    "UPDATE approvals SET state = $1, body = $2 WHERE id = $3 AND state = $4",
+                )
+                .bind(a.state.as_str())
+                .bind(to_json(a)?)
+                .bind(&a.id)
+                .bind(from.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "approval `{}` in state {}",
+                        a.id,
+                        from.as_str()
+                    )));
+                }
+            }
             Op::Audit(event) => {
                 let seq = self.head.0 + 1;
                 let record = AuditRecord::link(seq, &self.head.1, event);
@@ -573,6 +610,35 @@ impl SqliteReader {
             .map_err(db)?;
         row.map(|r| Ok((r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?)))
             .transpose()
+    }
+
+    pub async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        let row = sqlx::query("SELECT body FROM approvals WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| from_body(&r)).transpose()
+    }
+
+    pub async fn approvals(&self, f: &ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
+        sqlx::query(
+            "SELECT body FROM approvals
+             WHERE ($1 IS NULL OR task_id = $1)
+               AND ($2 IS NULL OR owner_id = $2)
+               AND ($3 IS NULL OR state = $3)
+             ORDER BY created_at DESC, id DESC LIMIT $4",
+        )
+        .bind(f.task.as_ref().map(TaskId::as_str))
+        .bind(f.owner.as_ref().map(OwnerId::as_str))
+        .bind(f.state.map(|s| s.as_str()))
+        .bind(f.limit.unwrap_or(1000))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(from_body)
+        .collect()
     }
 
     pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {

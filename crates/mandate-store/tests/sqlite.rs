@@ -65,6 +65,8 @@ fn task(agent: &str) -> Task {
         ended_at: None,
         end_reason: None,
         jkt: None,
+        budget: Default::default(),
+        flow: Default::default(),
     }
 }
 

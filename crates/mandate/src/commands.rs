@@ -590,8 +590,18 @@ pub enum PolicyCmd {
         /// Directory to check.
         dir: PathBuf,
     },
-    /// Ask the running broker to reload its policy directory (admin). Same as SIGHUP.
+    /// Ask the running broker to reload its policy directory (admin). Same as SIGHUP. Active
+    /// tasks the new policies no longer admit are revoked.
     Reload,
+    /// Run a table of example requests with expected decisions against a policy directory:
+    /// every `*.toml` in `DIR/tests` (or `--cases`). Exits non-zero if any case fails.
+    Test {
+        /// Policy directory.
+        dir: PathBuf,
+        /// Directory of test tables (default `DIR/tests`).
+        #[arg(long, value_name = "DIR")]
+        cases: Option<PathBuf>,
+    },
 }
 
 pub async fn policy(global: &Global, settings: &Settings, cmd: PolicyCmd) -> anyhow::Result<()> {
@@ -622,6 +632,48 @@ pub async fn policy(global: &Global, settings: &Settings, cmd: PolicyCmd) -> any
                 bail!("policy set is invalid ({} problems)", e.problems.len())
             }
         },
+        PolicyCmd::Test { dir, cases } => {
+            let bundle = mandate_policy::PolicyBundle::load_dir(&dir).map_err(|e| {
+                for p in &e.problems {
+                    eprintln!("{p}");
+                }
+                anyhow::anyhow!("policy set is invalid ({} problems)", e.problems.len())
+            })?;
+            let cases = cases.unwrap_or_else(|| dir.join("tests"));
+            let results = mandate_policy::testing::run_tests(&bundle, &cases)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let failed = results.iter().filter(|r| !r.passed).count();
+            if global.json {
+                output::json(&serde_json::to_value(&results)?);
+            } else {
+                for r in &results {
+                    let mark = if r.passed { "ok  " } else { "FAIL" };
+                    println!("{mark} {}", r.name);
+                    if !r.passed {
+                        println!(
+                            "       expected {}{}, got {} by [{}]: {}",
+                            r.expected.as_str(),
+                            r.expected_policies
+                                .as_ref()
+                                .map(|p| format!(" by [{}]", p.join(", ")))
+                                .unwrap_or_default(),
+                            r.got.outcome.as_str(),
+                            r.got.policies.join(", "),
+                            r.got.reason
+                        );
+                    }
+                }
+                println!(
+                    "\n{} cases, {} passed, {failed} failed",
+                    results.len(),
+                    results.len() - failed
+                );
+            }
+            if failed > 0 {
+                bail!("{failed} policy test cases failed");
+            }
+            Ok(())
+        }
         PolicyCmd::Reload => {
             let v = admin(global, settings)?
                 .post("/admin/v1/policies/reload", &json!({}))
@@ -634,4 +686,126 @@ pub async fn policy(global: &Global, settings: &Settings, cmd: PolicyCmd) -> any
             Ok(())
         }
     }
+}
+
+/// Approval commands.
+#[derive(Subcommand, Debug)]
+pub enum ApprovalCmd {
+    /// List approval requests, newest first.
+    List {
+        /// Only in this state: pending, granted, denied, used.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show one approval request, with the exact call it covers.
+    Show {
+        /// Approval id (`apr_…`).
+        id: String,
+    },
+    /// Grant a request: the exact call it covers may go through once, before it expires.
+    Grant {
+        /// Approval id.
+        id: String,
+        /// A note for the record.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Refuse a request.
+    Deny {
+        /// Approval id.
+        id: String,
+        /// A note for the record (the agent's denial names it).
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+pub async fn approval(
+    global: &Global,
+    settings: &Settings,
+    cmd: ApprovalCmd,
+) -> anyhow::Result<()> {
+    let c = admin(global, settings)?;
+    match cmd {
+        ApprovalCmd::List { state } => {
+            let path = match state {
+                Some(s) => format!("/admin/v1/approvals?state={}", seg(&s)),
+                None => "/admin/v1/approvals".into(),
+            };
+            let v = c.get(&path).await?;
+            if global.json {
+                output::json(&v);
+            } else {
+                let rows = list(&v)
+                    .map(|a| {
+                        vec![
+                            field(a, "id"),
+                            field(a, "state"),
+                            field(a, "agent"),
+                            format!("{} {}", field(a, "action"), field(a, "target")),
+                            at(a, "arguments").to_string().chars().take(60).collect(),
+                            time(a, "expires_at"),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &["APPROVAL", "STATE", "AGENT", "CALL", "ARGUMENTS", "EXPIRES"],
+                    rows,
+                );
+            }
+        }
+        ApprovalCmd::Show { id } => {
+            let v = c.get(&format!("/admin/v1/approvals/{}", seg(&id))).await?;
+            show_approval(global, &v);
+        }
+        ApprovalCmd::Grant { id, note } => {
+            let v = c
+                .post(
+                    &format!("/admin/v1/approvals/{}/grant", seg(&id)),
+                    &json!({"note": note}),
+                )
+                .await?;
+            show_approval(global, &v);
+        }
+        ApprovalCmd::Deny { id, note } => {
+            let v = c
+                .post(
+                    &format!("/admin/v1/approvals/{}/deny", seg(&id)),
+                    &json!({"note": note}),
+                )
+                .await?;
+            show_approval(global, &v);
+        }
+    }
+    Ok(())
+}
+
+fn show_approval(global: &Global, v: &Value) {
+    if global.json {
+        output::json(v);
+        return;
+    }
+    output::pairs(&[
+        ("approval", field(v, "id")),
+        ("state", field(v, "state")),
+        ("agent", field(v, "agent")),
+        ("owner", field(v, "owner")),
+        ("task", field(v, "task")),
+        (
+            "call",
+            format!(
+                "{} {}:{}",
+                field(v, "action"),
+                field(v, "target_kind"),
+                field(v, "target")
+            ),
+        ),
+        ("arguments", at(v, "arguments").to_string()),
+        ("why", field(v, "reason")),
+        ("requested", time(v, "created_at")),
+        ("expires", time(v, "expires_at")),
+        ("decided by", field(v, "decided_by")),
+        ("note", field(v, "note")),
+        ("used", time(v, "used_at")),
+    ]);
 }

@@ -29,6 +29,10 @@ struct RawConfig {
     #[serde(default)]
     attestation: RawAttestation,
     #[serde(default)]
+    budgets: RawBudgets,
+    #[serde(default)]
+    approvals: RawApprovals,
+    #[serde(default)]
     log: RawLog,
 }
 
@@ -66,6 +70,22 @@ struct RawTokens {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawBudgets {
+    suspend_after_denied: Option<std::collections::BTreeMap<Tier, u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    ttl_seconds: Option<i64>,
+    max_wait_seconds: Option<i64>,
+    webhook_url: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
+    webhook_attempts: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawAttestation {
     jwks_cache_seconds: Option<i64>,
     jwks_min_refresh_seconds: Option<i64>,
@@ -75,6 +95,7 @@ struct RawAttestation {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     sync_decisions: Option<bool>,
+    arguments: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +148,11 @@ pub struct Settings {
     pub sync_decisions: bool,
     pub jwks_cache_seconds: i64,
     pub jwks_min_refresh_seconds: i64,
+    pub audit_arguments: bool,
+    pub suspend_after_denied: std::collections::BTreeMap<Tier, u64>,
+    pub approval_ttl: i64,
+    pub approval_max_wait: i64,
+    pub webhook: Option<mandate_broker::Webhook>,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -207,6 +233,44 @@ impl Settings {
         let t = raw.tokens;
         let max_ttl = positive("tokens.max_ttl", t.max_ttl.unwrap_or(8 * 3600), 7 * 86_400)?;
         let default_ttl = positive("tokens.default_ttl", t.default_ttl.unwrap_or(600), max_ttl)?;
+        let mut suspend = std::collections::BTreeMap::from([
+            (Tier::Low, 20),
+            (Tier::Medium, 10),
+            (Tier::High, 5),
+        ]);
+        for (tier, n) in raw.budgets.suspend_after_denied.unwrap_or_default() {
+            if n == 0 {
+                bail!("`budgets.suspend_after_denied.{tier}` must be at least 1");
+            }
+            suspend.insert(tier, n);
+        }
+        let a = raw.approvals;
+        let webhook = match a.webhook_url {
+            None => None,
+            Some(url) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    bail!("`approvals.webhook_url` must be an http(s) URL");
+                }
+                let secret = match (env("MANDATE_WEBHOOK_SECRET"), a.webhook_secret_file) {
+                    (Some(s), _) => s,
+                    (None, Some(f)) => std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read webhook secret `{}`", f.display()))?
+                        .trim()
+                        .to_string(),
+                    (None, None) => bail!(
+                        "`approvals.webhook_url` needs a secret: `approvals.webhook_secret_file` or MANDATE_WEBHOOK_SECRET"
+                    ),
+                };
+                if secret.len() < 16 {
+                    bail!("the webhook secret must be at least 16 characters");
+                }
+                Some(mandate_broker::Webhook {
+                    url,
+                    secret: mandate_crypto::SecretString::new(secret),
+                    attempts: a.webhook_attempts.unwrap_or(5).clamp(1, 20),
+                })
+            }
+        };
         let log_level = env("MANDATE_LOG")
             .or(raw.log.level)
             .unwrap_or_else(|| "info".into());
@@ -229,6 +293,15 @@ impl Settings {
             dpop_max_age: positive("tokens.dpop_max_age", t.dpop_max_age.unwrap_or(60), 600)?,
             api_token_days: positive("tokens.api_token_days", t.api_token_days.unwrap_or(90), 366)?,
             sync_decisions: raw.audit.sync_decisions.unwrap_or(true),
+            audit_arguments: raw.audit.arguments.unwrap_or(false),
+            suspend_after_denied: suspend,
+            approval_ttl: positive(
+                "approvals.ttl_seconds",
+                a.ttl_seconds.unwrap_or(900),
+                7 * 86_400,
+            )?,
+            approval_max_wait: a.max_wait_seconds.unwrap_or(60).clamp(0, 600),
+            webhook,
             jwks_cache_seconds: positive(
                 "attestation.jwks_cache_seconds",
                 raw.attestation.jwks_cache_seconds.unwrap_or(300),

@@ -23,6 +23,26 @@ pub const DEFAULT_PACK: &[(&str, &str)] = &[
         "10-runtime.cedar",
         include_str!("../../../policies/10-runtime.cedar"),
     ),
+    (
+        "20-flow.cedar",
+        include_str!("../../../policies/20-flow.cedar"),
+    ),
+    (
+        "30-budgets.cedar",
+        include_str!("../../../policies/30-budgets.cedar"),
+    ),
+    (
+        "40-approval.cedar",
+        include_str!("../../../policies/40-approval.cedar"),
+    ),
+    (
+        "catalog.toml",
+        include_str!("../../../policies/catalog.toml"),
+    ),
+    (
+        "tests/pack.toml",
+        include_str!("../../../policies/tests/pack.toml"),
+    ),
 ];
 
 /// File holding the bootstrap admin token.
@@ -78,8 +98,12 @@ pub fn seed_policies(dir: &Path) -> anyhow::Result<bool> {
     }
     fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
     for (name, text) in DEFAULT_PACK {
-        fs::write(dir.join(name), text)
-            .with_context(|| format!("cannot write `{}`", dir.join(name).display()))?;
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create `{}`", parent.display()))?;
+        }
+        fs::write(&path, text).with_context(|| format!("cannot write `{}`", path.display()))?;
     }
     Ok(true)
 }
@@ -108,4 +132,31 @@ pub async fn bootstrap_admin(broker: &Broker, data_dir: &Path) -> anyhow::Result
         bail!("cannot record the bootstrap admin credential: {e}");
     }
     Ok(Some(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_pack_is_the_whole_policies_directory() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+        let mut on_disk: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".cedar") || n.ends_with(".cedarschema") || n == "catalog.toml")
+            .chain(
+                fs::read_dir(dir.join("tests"))
+                    .unwrap()
+                    .map(|e| format!("tests/{}", e.unwrap().file_name().to_string_lossy())),
+            )
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = DEFAULT_PACK.iter().map(|(n, _)| n.to_string()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded);
+        for (name, text) in DEFAULT_PACK {
+            assert_eq!(fs::read_to_string(dir.join(name)).unwrap(), *text, "{name}");
+        }
+    }
 }

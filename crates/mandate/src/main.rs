@@ -67,9 +67,12 @@ enum Command {
     /// Inspect and revoke tasks.
     #[command(subcommand)]
     Task(commands::TaskCmd),
-    /// Check or reload policies.
+    /// Check, test or reload policies.
     #[command(subcommand)]
     Policy(commands::PolicyCmd),
+    /// List and decide approval requests (human approval of single calls).
+    #[command(subcommand)]
+    Approval(commands::ApprovalCmd),
     /// Verify, trace and export the audit trail (reads the store directly).
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -142,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(c) => commands::agent(&cli.global, &settings()?, c).await,
         Command::Task(c) => commands::task(&cli.global, &settings()?, c).await,
         Command::Policy(c) => commands::policy(&cli.global, &settings()?, c).await,
+        Command::Approval(c) => commands::approval(&cli.global, &settings()?, c).await,
         Command::Audit(c) => audit::run(&cli.global, &settings()?, c).await,
     }
 }

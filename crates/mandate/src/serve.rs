@@ -67,6 +67,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     cfg.audit_sync_decisions = settings.sync_decisions;
     cfg.jwks_ttl = settings.jwks_cache_seconds;
     cfg.jwks_min_refresh = settings.jwks_min_refresh_seconds;
+    cfg.audit_arguments = settings.audit_arguments;
+    cfg.suspend_after_denied = settings.suspend_after_denied.clone();
+    cfg.approval_ttl = settings.approval_ttl;
+    cfg.approval_max_wait = settings.approval_max_wait;
+    cfg.webhook = settings.webhook.clone();
     let broker = Broker::start(cfg, store, KeyRing::new(key), Arc::new(SystemClock))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -1,0 +1,104 @@
+//! Reports from enforcement points about what a call returned. A PEP that sees a response (the
+//! gateway does this by itself) tells Mandate which data classes were in it; they join the
+//! task's flow labels, so later calls are judged by what came back.
+
+use mandate_core::audit::EventKind;
+use mandate_core::flow::FlowAdded;
+use mandate_store::Op;
+use serde::Serialize;
+
+use crate::Broker;
+use crate::decide::{DpopInput, Target, target_label};
+use crate::error::DecideError;
+
+/// Most data classes in one report.
+pub const MAX_REPORTED_CLASSES: usize = 64;
+
+/// What a call returned, reported for a task.
+#[derive(Clone, Debug)]
+pub struct ReportInput {
+    /// The task credential.
+    pub token: String,
+    /// Its DPoP proof, when the credential is key-bound.
+    pub dpop: Option<DpopInput>,
+    /// The tool or resource whose output this was.
+    pub target: Option<Target>,
+    /// Data classes seen in the output.
+    pub data_classes: Vec<String>,
+}
+
+/// The task's labels after a report.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReportOutcome {
+    /// The task.
+    pub task_id: String,
+    /// What the report added.
+    pub added: FlowAdded,
+    /// Every data class the task has read.
+    pub data_read: Vec<String>,
+}
+
+fn check_class(c: &str) -> bool {
+    !c.is_empty()
+        && c.len() <= 64
+        && c.chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
+}
+
+impl Broker {
+    /// Adds reported data classes to a task's flow labels, and records the report.
+    pub async fn report(&self, input: &ReportInput) -> Result<ReportOutcome, DecideError> {
+        let bad = input.data_classes.len() > MAX_REPORTED_CLASSES
+            || input.data_classes.iter().any(|c| !check_class(c));
+        if bad {
+            let msg = format!(
+                "data_classes must be at most {MAX_REPORTED_CLASSES} labels of lowercase letters, digits, `_` or `-`"
+            );
+            self.record_rejected_request("/v1/report", &msg).await;
+            return Err(DecideError::BadRequest(msg));
+        }
+        let label = input
+            .target
+            .as_ref()
+            .map(target_label)
+            .unwrap_or_else(|| "-".into());
+        let (claims, entry) = self
+            .credential_or_audit(
+                &input.token,
+                input.dpop.as_ref(),
+                "report",
+                input.target.as_ref().unwrap_or(&Target {
+                    kind: mandate_policy::TargetKind::Tool,
+                    id: "-".into(),
+                }),
+            )
+            .await?;
+        let (added, snapshot, mut e) = {
+            let mut task = entry.write();
+            let added = task.flow.record_read(&input.data_classes);
+            let mut e = self.event(EventKind::FlowReported);
+            e.agent = Some(task.agent.to_string());
+            e.owner = task.owner.as_ref().map(ToString::to_string);
+            e.task = Some(task.id.to_string());
+            e.intent = Some(task.intent.text.clone());
+            (added, task.clone(), e)
+        };
+        e.resource = Some(label);
+        e.detail = serde_json::json!({
+            "reported": input.data_classes,
+            "flow_added": added,
+        });
+        let mut ops = vec![Op::Audit(e)];
+        if !added.is_empty() {
+            ops.push(Op::UpdateTask(snapshot.clone()));
+        }
+        self.store.commit(ops).await.map_err(|e| {
+            DecideError::Unavailable(format!("the report could not be recorded: {e}"))
+        })?;
+        Ok(ReportOutcome {
+            task_id: claims.task_id,
+            added,
+            data_read: snapshot.flow.data_read.iter().cloned().collect(),
+        })
+    }
+}

@@ -1,0 +1,313 @@
+//! OpenID AuthZEN Authorization API 1.0: a second front door to the same decisions.
+//!
+//! Mapping (documented in ARCHITECTURE.md):
+//! - `subject`: `type` `agent`, `id` the agent id, `properties.token` the task credential, and
+//!   `properties.dpop` (`proof`, `method`, `url`) when the credential is key-bound;
+//! - `action`: `name` the action, `properties.arguments` the call's arguments,
+//!   `properties.approval_id` an approval the call claims;
+//! - `resource`: `type` `tool` or `resource`, `id` its name;
+//! - `context`: what the enforcement point reports (`context.request` in policies).
+//!
+//! The answer's `decision` is `true` only for an allow; its `context` carries the deciding
+//! policies, the reason (`reason_admin`), and for `needs_approval` the approval request.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use mandate_broker::{DecideError, DecideInput, DecisionOutcome, DpopInput, Target};
+use mandate_policy::TargetKind;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::body::Limited;
+use crate::errors::json_error;
+
+/// Most items in one batch.
+pub const MAX_EVALUATIONS: usize = 64;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct Subject {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    id: Option<String>,
+    #[serde(default)]
+    properties: Map<String, Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct Action {
+    name: Option<String>,
+    #[serde(default)]
+    properties: Map<String, Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct Resource {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    id: Option<String>,
+    #[serde(default)]
+    properties: Map<String, Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct Evaluation {
+    subject: Option<Subject>,
+    action: Option<Action>,
+    resource: Option<Resource>,
+    context: Option<Map<String, Value>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct Options {
+    #[serde(default)]
+    evaluations_semantic: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct Evaluations {
+    #[serde(flatten)]
+    defaults: Evaluation,
+    #[serde(default)]
+    evaluations: Option<Vec<Evaluation>>,
+    #[serde(default)]
+    options: Option<Options>,
+}
+
+/// `GET /.well-known/authzen-configuration`.
+pub(crate) async fn configuration(State(s): State<AppState>) -> Response {
+    let issuer = &s.broker.config().issuer;
+    axum::Json(json!({
+        "policy_decision_point": issuer,
+        "access_evaluation_endpoint": format!("{issuer}/access/v1/evaluation"),
+        "access_evaluations_endpoint": format!("{issuer}/access/v1/evaluations"),
+    }))
+    .into_response()
+}
+
+/// Echoes `X-Request-ID`, as the spec asks.
+fn with_request_id(mut r: Response, headers: &HeaderMap) -> Response {
+    if let Some(id) = headers.get("x-request-id")
+        && id.len() <= 256
+    {
+        r.headers_mut().insert("x-request-id", id.clone());
+    }
+    r
+}
+
+fn bad(msg: &str) -> Response {
+    json_error(StatusCode::BAD_REQUEST, "invalid_request", msg)
+}
+
+/// Turns one evaluation into Mandate's decision input.
+fn input(e: &Evaluation) -> Result<(DecideInput, Option<String>), String> {
+    let subject = e.subject.as_ref().ok_or("`subject` is missing")?;
+    let action = e.action.as_ref().ok_or("`action` is missing")?;
+    let resource = e.resource.as_ref().ok_or("`resource` is missing")?;
+    if subject.kind.as_deref().is_none_or(str::is_empty) {
+        return Err("`subject.type` is missing".into());
+    }
+    let token = subject
+        .properties
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or("`subject.properties.token` must hold the agent's task credential")?
+        .to_string();
+    let dpop = match subject.properties.get("dpop") {
+        None => None,
+        Some(d) => {
+            let get = |k: &str| {
+                d.get(k)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or(format!("`subject.properties.dpop.{k}` is missing"))
+            };
+            Some(DpopInput {
+                proof: get("proof")?,
+                method: get("method")?,
+                url: get("url")?,
+            })
+        }
+    };
+    let name = action
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or("`action.name` is missing")?;
+    let kind = match resource.kind.as_deref() {
+        Some("tool") => TargetKind::Tool,
+        Some("resource") => TargetKind::Resource,
+        Some(other) => {
+            return Err(format!(
+                "`resource.type` `{}` is not `tool` or `resource`",
+                other.chars().take(64).collect::<String>()
+            ));
+        }
+        None => return Err("`resource.type` is missing".into()),
+    };
+    let id = resource
+        .id
+        .clone()
+        .filter(|i| !i.is_empty())
+        .ok_or("`resource.id` is missing")?;
+    let arguments = match action.properties.get("arguments") {
+        None => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err("`action.properties.arguments` must be an object".into()),
+    };
+    let approval_id = action
+        .properties
+        .get("approval_id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let _ = &resource.properties;
+    Ok((
+        DecideInput {
+            token,
+            dpop,
+            action: name,
+            target: Target { kind, id },
+            context: e.context.clone().unwrap_or_default(),
+            arguments,
+            approval_id,
+            wait: 0,
+        },
+        subject.id.clone(),
+    ))
+}
+
+fn answer(o: &DecisionOutcome) -> Value {
+    let mut ctx = Map::new();
+    ctx.insert("decision".into(), o.decision.into());
+    ctx.insert("task_id".into(), o.task_id.clone().into());
+    ctx.insert("policies".into(), json!(o.policies));
+    ctx.insert("reason_admin".into(), json!({ "en": o.reason }));
+    if let Some(a) = &o.approval_id {
+        ctx.insert("approval_id".into(), a.clone().into());
+    }
+    json!({ "decision": o.allowed, "context": ctx })
+}
+
+fn refused(code: &str, msg: &str) -> Value {
+    json!({ "decision": false, "context": { "error": code, "reason_admin": { "en": msg } } })
+}
+
+/// Evaluates one request: a decision (`true`/`false`), never an HTTP error for a bad
+/// credential, so that one refused item does not fail a batch.
+async fn evaluate(s: &AppState, e: &Evaluation) -> Result<Value, String> {
+    let (input, subject_id) = input(e)?;
+    match s.broker.decide(&input).await {
+        Ok(o) => {
+            if let Some(id) = subject_id
+                && id != o.agent
+            {
+                // The credential decides who the subject is; a mismatch is refused outright.
+                return Ok(refused(
+                    "subject_mismatch",
+                    "`subject.id` is not the agent the credential was issued to",
+                ));
+            }
+            Ok(answer(&o))
+        }
+        Err(DecideError::BadRequest(m)) => Err(m),
+        Err(DecideError::InvalidToken(m)) => Ok(refused("invalid_token", &m)),
+        Err(DecideError::InvalidDpopProof(m)) => Ok(refused("invalid_dpop_proof", &m)),
+        Err(DecideError::Unavailable(m)) => Ok(refused("unavailable", &m)),
+    }
+}
+
+/// `POST /access/v1/evaluation`.
+pub(crate) async fn evaluation(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Limited,
+) -> Response {
+    let e: Evaluation = match body.json(&s.broker, "/access/v1/evaluation").await {
+        Ok(e) => e,
+        Err(r) => return with_request_id(r, &headers),
+    };
+    let r = match evaluate(&s, &e).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(m) => bad(&m),
+    };
+    with_request_id(r, &headers)
+}
+
+fn merged(defaults: &Evaluation, item: &Evaluation) -> Evaluation {
+    Evaluation {
+        subject: item.subject.clone().or_else(|| defaults.subject.clone()),
+        action: item.action.clone().or_else(|| defaults.action.clone()),
+        resource: item.resource.clone().or_else(|| defaults.resource.clone()),
+        context: item.context.clone().or_else(|| defaults.context.clone()),
+    }
+}
+
+/// `POST /access/v1/evaluations`.
+pub(crate) async fn evaluations(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Limited,
+) -> Response {
+    let req: Evaluations = match body.json(&s.broker, "/access/v1/evaluations").await {
+        Ok(e) => e,
+        Err(r) => return with_request_id(r, &headers),
+    };
+    let semantic = req
+        .options
+        .as_ref()
+        .and_then(|o| o.evaluations_semantic.as_deref())
+        .unwrap_or("execute_all");
+    if !matches!(
+        semantic,
+        "execute_all" | "deny_on_first_deny" | "permit_on_first_permit"
+    ) {
+        return with_request_id(
+            bad(&format!(
+                "`options.evaluations_semantic` `{}` is not one of execute_all, deny_on_first_deny, permit_on_first_permit",
+                semantic.chars().take(64).collect::<String>()
+            )),
+            &headers,
+        );
+    }
+    let items = match &req.evaluations {
+        Some(items) if !items.is_empty() => items,
+        // Without items the request is a single evaluation, answered as one.
+        _ => {
+            let r = match evaluate(&s, &req.defaults).await {
+                Ok(v) => axum::Json(v).into_response(),
+                Err(m) => bad(&m),
+            };
+            return with_request_id(r, &headers);
+        }
+    };
+    if items.len() > MAX_EVALUATIONS {
+        return with_request_id(
+            bad(&format!(
+                "at most {MAX_EVALUATIONS} evaluations per request"
+            )),
+            &headers,
+        );
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let v = match evaluate(&s, &merged(&req.defaults, item)).await {
+            Ok(v) => v,
+            Err(m) => refused("invalid_request", &m),
+        };
+        let decision = v.get("decision").and_then(Value::as_bool).unwrap_or(false);
+        out.push(v);
+        let stop = match semantic {
+            "deny_on_first_deny" => !decision,
+            "permit_on_first_permit" => decision,
+            _ => false,
+        };
+        if stop {
+            break;
+        }
+    }
+    let mut r = axum::Json(json!({ "evaluations": out })).into_response();
+    r.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    with_request_id(r, &headers)
+}
