@@ -92,6 +92,9 @@ pub struct NewAgent {
     pub tier: String,
     /// Envelope, as `action:target` tokens separated by spaces.
     pub envelope: String,
+    /// Argument rules on envelope targets, by target (see `mandate_core::args`).
+    #[serde(default)]
+    pub envelope_arguments: std::collections::BTreeMap<String, mandate_core::args::ArgRules>,
     /// At least one way to prove its identity.
     pub attestations: Vec<Attestation>,
     /// Intent for requests with a plain `scope`.
@@ -487,6 +490,22 @@ impl Broker {
         }
         let tier: Tier = new.tier.parse().map_err(AdminError::BadRequest)?;
         let envelope = Scope::parse(&new.envelope).map_err(|e| bad(format!("envelope: {e}")))?;
+        if let Some(t) = new
+            .envelope_arguments
+            .keys()
+            .find(|t| !envelope.has_target(t))
+        {
+            return Err(bad(format!(
+                "envelope_arguments names `{t}`, which is not in the envelope"
+            )));
+        }
+        let mut grants = envelope.to_grants();
+        for g in &mut grants {
+            if let Some(rules) = new.envelope_arguments.get(&g.identifier) {
+                g.arguments = rules.clone();
+            }
+        }
+        let envelope = Scope::from_grants(&grants).map_err(|e| bad(format!("envelope: {e}")))?;
         if new.attestations.is_empty() || new.attestations.len() > MAX_ATTESTATIONS {
             return Err(bad(format!(
                 "an agent needs 1 to {MAX_ATTESTATIONS} attestation methods"

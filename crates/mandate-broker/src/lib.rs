@@ -207,7 +207,7 @@ impl Broker {
             })
             .collect();
         let bundle = self.policy.current();
-        match EntityIndex::build(bundle.schema(), &agents, []) {
+        match EntityIndex::build(bundle.schema(), &agents, &bundle.catalog().facts()) {
             Ok(index) => self.entities.store(Arc::new(index)),
             Err(e) => tracing::error!(error = %e, "could not rebuild policy entities"),
         }

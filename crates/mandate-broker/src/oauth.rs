@@ -247,8 +247,9 @@ impl Broker {
             agent: agent.id.clone(),
             owner: agent.owner.clone(),
             intent: ask.intent.clone(),
-            // The envelope's argument rules bind the task too.
-            scope: ask.scope.narrowed_by(&agent.envelope),
+            // Admission judges the scope as asked; the envelope's argument rules are added
+            // once it is admitted.
+            scope: ask.scope.clone(),
             state: TaskState::Active,
             created_at: now,
             expires_at: now.plus_secs(ask.ttl),
@@ -259,6 +260,8 @@ impl Broker {
             flow: Default::default(),
         };
         let verdict = self.admit(&agent, &task);
+        let mut task = task;
+        task.scope = task.scope.narrowed_by(&agent.envelope);
         let mut ops: Vec<Op> = once
             .iter()
             .map(|(key, exp)| Op::ConsumeOnce {

@@ -252,6 +252,9 @@ pub struct AgentAdd {
     /// What its tasks may ever ask for: `action:target` tokens, e.g. "read:cases call:search".
     #[arg(long)]
     envelope: String,
+    /// Argument rules on envelope targets, as JSON: `{"send_money": {"amount": {"max": 500}}}`.
+    #[arg(long, value_name = "JSON")]
+    envelope_arguments: Option<String>,
     /// Ed25519 public key (base64url, 32 bytes) for private_key_jwt client assertions.
     #[arg(long, value_name = "B64")]
     public_key: Option<String>,
@@ -314,8 +317,14 @@ pub async fn agent(global: &Global, settings: &Settings, cmd: AgentCmd) -> anyho
             let intent = a
                 .intent
                 .map(|text| json!({"text": text, "class": a.intent_class}));
+            let envelope_arguments: Value = match &a.envelope_arguments {
+                Some(j) => serde_json::from_str(j)
+                    .map_err(|e| anyhow::anyhow!("--envelope-arguments is not JSON: {e}"))?,
+                None => json!({}),
+            };
             let body = json!({
                 "id": a.id, "owner": a.owner, "tier": a.tier, "envelope": a.envelope,
+                "envelope_arguments": envelope_arguments,
                 "attestations": attestations, "default_intent": intent,
                 "description": a.description,
             });

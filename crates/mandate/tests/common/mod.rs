@@ -262,6 +262,60 @@ impl Broker {
         Self::json(r).await
     }
 
+    /// Asks for a decision with arguments and the approval options.
+    pub async fn decide_call(&self, token: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/v1/decide", self.url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        Self::json(r).await
+    }
+
+    /// Writes `catalog.toml` (and any extra policy files) into the broker's policy directory and
+    /// reloads it.
+    pub fn set_policies(&self, files: &[(&str, &str)]) {
+        let dir = self.dir.path().join("policies");
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("write policy file");
+        }
+        let out = self.cli(&["policy", "reload"]);
+        assert!(
+            out.status.success(),
+            "reload failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs the CLI with another person's API token.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(bin())
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("--server")
+            .arg(&self.url)
+            .args(args)
+            .env("MANDATE_TOKEN", token)
+            .env_remove("MANDATE_CONFIG")
+            .output()
+            .expect("run mandate")
+    }
+
+    /// Issues an API token to an owner.
+    pub async fn owner_token(&self, owner: &str) -> String {
+        let (s, v) = self
+            .admin_post(
+                &format!("/admin/v1/owners/{owner}/tokens"),
+                json!({"days": 1}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        v["token"].as_str().expect("token").to_string()
+    }
+
     /// Asks for a decision with a DPoP-bound credential and a proof signed by `key`.
     pub async fn decide_dpop(
         &self,
