@@ -30,7 +30,11 @@ const TARGETS: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
 fn policy_dir(variant: u8) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
-    std::fs::copy(pack.join("mandate.cedarschema"), dir.path().join("mandate.cedarschema")).unwrap();
+    std::fs::copy(
+        pack.join("mandate.cedarschema"),
+        dir.path().join("mandate.cedarschema"),
+    )
+    .unwrap();
     if variant != 2 {
         for f in std::fs::read_dir(&pack).unwrap() {
             let p = f.unwrap().path();
@@ -52,7 +56,9 @@ fn policy_dir(variant: u8) -> tempfile::TempDir {
 async fn run(variant: u8, granted: Vec<(usize, usize)>, requests: Vec<(usize, usize, i64)>) {
     let policies = policy_dir(variant);
     let data = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreOptions::sqlite(&data.path().join("m.db"))).await.unwrap();
+    let store = Store::open(&StoreOptions::sqlite(&data.path().join("m.db")))
+        .await
+        .unwrap();
     let issuer = "http://mandate.test";
     let broker = Broker::start(
         BrokerConfig::new(issuer, policies.path().to_path_buf()),
@@ -67,7 +73,13 @@ async fn run(variant: u8, granted: Vec<(usize, usize)>, requests: Vec<(usize, us
         name: "test".into(),
     };
     broker
-        .add_owner(&admin, NewOwner { id: "owner".into(), name: None })
+        .add_owner(
+            &admin,
+            NewOwner {
+                id: "owner".into(),
+                name: None,
+            },
+        )
         .await
         .unwrap();
     let everything: Vec<String> = ACTIONS
@@ -104,7 +116,10 @@ async fn run(variant: u8, granted: Vec<(usize, usize)>, requests: Vec<(usize, us
             auth: ClientAuth {
                 client_id: None,
                 assertion_type: Some(JWT_BEARER.into()),
-                assertion: Some(key.assertion("agent", &format!("{issuer}/oauth/token"), 60).unwrap()),
+                assertion: Some(
+                    key.assertion("agent", &format!("{issuer}/oauth/token"), 60)
+                        .unwrap(),
+                ),
             },
             scope: Some(scope_text.join(" ")),
             authorization_details: None,
@@ -123,7 +138,11 @@ async fn run(variant: u8, granted: Vec<(usize, usize)>, requests: Vec<(usize, us
                 dpop: None,
                 action: action.into(),
                 target: Target {
-                    kind: if t % 2 == 0 { TargetKind::Tool } else { TargetKind::Resource },
+                    kind: if t % 2 == 0 {
+                        TargetKind::Tool
+                    } else {
+                        TargetKind::Resource
+                    },
                     id: target.into(),
                 },
                 context: Default::default(),

@@ -387,7 +387,8 @@ impl PolicyBundle {
         let Some(schema) = schema else {
             return Err(LoadError { problems });
         };
-        if problems.is_empty() {
+        // Validate whatever parsed, so one run reports every problem there is.
+        {
             let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
             for e in result.validation_errors() {
                 let id = e.policy_id().to_string();

@@ -17,9 +17,26 @@ use serde_json::{Value, json};
 async fn setup() -> (Broker, String) {
     let b = Broker::start().await;
     b.add_owner("support").await;
-    let key = b.add_agent("helpdesk", "support", "low", "read:cases write:cases read:kb").await;
+    let key = b
+        .add_agent(
+            "helpdesk",
+            "support",
+            "low",
+            "read:cases write:cases read:kb",
+        )
+        .await;
     let (_, t) = b
-        .open_task(&key, "helpdesk", task_details("answer case 8", "support", &[("cases", &["read"]), ("kb", &["read"])], 600), false)
+        .open_task(
+            &key,
+            "helpdesk",
+            task_details(
+                "answer case 8",
+                "support",
+                &[("cases", &["read"]), ("kb", &["read"])],
+                600,
+            ),
+            false,
+        )
         .await;
     (b, t["access_token"].as_str().unwrap().to_string())
 }
@@ -55,8 +72,14 @@ async fn discovery_names_the_endpoints() {
         .await
         .unwrap();
     assert_eq!(v["policy_decision_point"], b.url.as_str());
-    assert_eq!(v["access_evaluation_endpoint"], format!("{}/access/v1/evaluation", b.url));
-    assert_eq!(v["access_evaluations_endpoint"], format!("{}/access/v1/evaluations", b.url));
+    assert_eq!(
+        v["access_evaluation_endpoint"],
+        format!("{}/access/v1/evaluation", b.url)
+    );
+    assert_eq!(
+        v["access_evaluations_endpoint"],
+        format!("{}/access/v1/evaluations", b.url)
+    );
 }
 
 #[tokio::test]
@@ -73,7 +96,12 @@ async fn single_evaluations_answer_with_a_boolean_decision() {
     assert_eq!(v["context"]["policies"], json!(["act-within-task-scope"]));
     let (_, _, v) = post(&b, "/access/v1/evaluation", &req("write", "cases")).await;
     assert_eq!(v["decision"], false);
-    assert!(v["context"]["reason_admin"]["en"].as_str().unwrap().contains("outside the scope"));
+    assert!(
+        v["context"]["reason_admin"]["en"]
+            .as_str()
+            .unwrap()
+            .contains("outside the scope")
+    );
     // The same decision path as /v1/decide: both are audited as decisions of the task.
     assert_eq!(b.audit_kind("decision").len(), 2);
 
@@ -96,15 +124,30 @@ async fn single_evaluations_answer_with_a_boolean_decision() {
 async fn malformed_requests_are_400() {
     let (b, token) = setup().await;
     for (body, why) in [
-        (json!({"action": {"name": "read"}, "resource": {"type": "resource", "id": "cases"}}), "`subject` is missing"),
-        (json!({"subject": {"type": "agent", "id": "x"}, "action": {"name": "read"}, "resource": {"type": "resource", "id": "cases"}}), "subject.properties.token"),
-        (json!({"subject": subject(&token), "action": {}, "resource": {"type": "resource", "id": "cases"}}), "`action.name` is missing"),
-        (json!({"subject": subject(&token), "action": {"name": "read"}, "resource": {"type": "planet", "id": "mars"}}), "`resource.type` `planet`"),
+        (
+            json!({"action": {"name": "read"}, "resource": {"type": "resource", "id": "cases"}}),
+            "`subject` is missing",
+        ),
+        (
+            json!({"subject": {"type": "agent", "id": "x"}, "action": {"name": "read"}, "resource": {"type": "resource", "id": "cases"}}),
+            "subject.properties.token",
+        ),
+        (
+            json!({"subject": subject(&token), "action": {}, "resource": {"type": "resource", "id": "cases"}}),
+            "`action.name` is missing",
+        ),
+        (
+            json!({"subject": subject(&token), "action": {"name": "read"}, "resource": {"type": "planet", "id": "mars"}}),
+            "`resource.type` `planet`",
+        ),
     ] {
         let (s, h, v) = post(&b, "/access/v1/evaluation", &body).await;
         assert_eq!(s, 400, "{v}");
         assert_eq!(h.get("x-request-id").unwrap(), "req-42");
-        assert!(v["error_description"].as_str().unwrap().contains(why), "{v} should say {why}");
+        assert!(
+            v["error_description"].as_str().unwrap().contains(why),
+            "{v} should say {why}"
+        );
     }
     let r = b
         .http
@@ -137,16 +180,31 @@ async fn batches_apply_defaults_and_the_three_semantics() {
         v
     };
     let decisions = |v: &Value| -> Vec<bool> {
-        v["evaluations"].as_array().unwrap().iter().map(|e| e["decision"].as_bool().unwrap()).collect()
+        v["evaluations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["decision"].as_bool().unwrap())
+            .collect()
     };
     let (s, _, v) = post(&b, "/access/v1/evaluations", &batch(None)).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(decisions(&v), [true, false, true, false]);
     let (_, _, v) = post(&b, "/access/v1/evaluations", &batch(Some("execute_all"))).await;
     assert_eq!(decisions(&v), [true, false, true, false]);
-    let (_, _, v) = post(&b, "/access/v1/evaluations", &batch(Some("deny_on_first_deny"))).await;
+    let (_, _, v) = post(
+        &b,
+        "/access/v1/evaluations",
+        &batch(Some("deny_on_first_deny")),
+    )
+    .await;
     assert_eq!(decisions(&v), [true, false]);
-    let (_, _, v) = post(&b, "/access/v1/evaluations", &batch(Some("permit_on_first_permit"))).await;
+    let (_, _, v) = post(
+        &b,
+        "/access/v1/evaluations",
+        &batch(Some("permit_on_first_permit")),
+    )
+    .await;
     assert_eq!(decisions(&v), [true]);
     let (s, _, v) = post(&b, "/access/v1/evaluations", &batch(Some("sometimes"))).await;
     assert_eq!(s, 400, "{v}");
