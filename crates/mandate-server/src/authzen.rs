@@ -78,8 +78,11 @@ struct Evaluations {
 /// `GET /.well-known/authzen-configuration`.
 pub(crate) async fn configuration(State(s): State<AppState>) -> Response {
     let issuer = &s.broker.config().issuer;
+    // `policy_decision_point` is the identifier in AuthZEN 1.0; earlier drafts called it
+    // `issuer`. Consumers ignore members they do not know, so both are given.
     axum::Json(json!({
         "policy_decision_point": issuer,
+        "issuer": issuer,
         "access_evaluation_endpoint": format!("{issuer}/access/v1/evaluation"),
         "access_evaluations_endpoint": format!("{issuer}/access/v1/evaluations"),
     }))
@@ -189,8 +192,16 @@ fn answer(o: &DecisionOutcome) -> Value {
     json!({ "decision": o.allowed, "context": ctx })
 }
 
-fn refused(code: &str, msg: &str) -> Value {
-    json!({ "decision": false, "context": { "error": code, "reason_admin": { "en": msg } } })
+/// A `false` decision carrying an error in the shape of the spec's batch example (section 7.2.1):
+/// `context.error` with the status the single endpoint would have answered, a code and a message.
+fn refused(status: u16, code: &str, msg: &str) -> Value {
+    json!({
+        "decision": false,
+        "context": {
+            "error": { "status": status, "code": code, "message": msg },
+            "reason_admin": { "en": msg },
+        }
+    })
 }
 
 /// Evaluates one request: a decision (`true`/`false`), never an HTTP error for a bad
@@ -204,6 +215,7 @@ async fn evaluate(s: &AppState, e: &Evaluation) -> Result<Value, String> {
             {
                 // The credential decides who the subject is; a mismatch is refused outright.
                 return Ok(refused(
+                    403,
                     "subject_mismatch",
                     "`subject.id` is not the agent the credential was issued to",
                 ));
@@ -211,9 +223,9 @@ async fn evaluate(s: &AppState, e: &Evaluation) -> Result<Value, String> {
             Ok(answer(&o))
         }
         Err(DecideError::BadRequest(m)) => Err(m),
-        Err(DecideError::InvalidToken(m)) => Ok(refused("invalid_token", &m)),
-        Err(DecideError::InvalidDpopProof(m)) => Ok(refused("invalid_dpop_proof", &m)),
-        Err(DecideError::Unavailable(m)) => Ok(refused("unavailable", &m)),
+        Err(DecideError::InvalidToken(m)) => Ok(refused(401, "invalid_token", &m)),
+        Err(DecideError::InvalidDpopProof(m)) => Ok(refused(401, "invalid_dpop_proof", &m)),
+        Err(DecideError::Unavailable(m)) => Ok(refused(503, "unavailable", &m)),
     }
 }
 
@@ -293,7 +305,7 @@ pub(crate) async fn evaluations(
     for item in items {
         let v = match evaluate(&s, &merged(&req.defaults, item)).await {
             Ok(v) => v,
-            Err(m) => refused("invalid_request", &m),
+            Err(m) => refused(400, "invalid_request", &m),
         };
         let decision = v.get("decision").and_then(Value::as_bool).unwrap_or(false);
         out.push(v);

@@ -111,13 +111,14 @@ async fn single_evaluations_answer_with_a_boolean_decision() {
     let (s, _, v) = post(&b, "/access/v1/evaluation", &forged).await;
     assert_eq!(s, 200);
     assert_eq!(v["decision"], false);
-    assert_eq!(v["context"]["error"], "invalid_token");
+    assert_eq!(v["context"]["error"]["code"], "invalid_token");
+    assert_eq!(v["context"]["error"]["status"], 401);
     // The subject must be the credential's agent.
     let mut other = req("read", "cases");
     other["subject"]["id"] = json!("someone-else");
     let (_, _, v) = post(&b, "/access/v1/evaluation", &other).await;
     assert_eq!(v["decision"], false);
-    assert_eq!(v["context"]["error"], "subject_mismatch");
+    assert_eq!(v["context"]["error"]["code"], "subject_mismatch");
 }
 
 #[tokio::test]
@@ -220,5 +221,11 @@ async fn batches_apply_defaults_and_the_three_semantics() {
     ]});
     let (_, _, v) = post(&b, "/access/v1/evaluations", &partial).await;
     assert_eq!(decisions(&v), [true, false]);
-    assert_eq!(v["evaluations"][1]["context"]["error"], "invalid_request");
+    assert_eq!(v["evaluations"][1]["context"]["error"]["status"], 400);
+    assert!(
+        v["evaluations"][1]["context"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`action` is missing")
+    );
 }
