@@ -1,0 +1,356 @@
+//! A load harness for a running (or spawned) `mandate serve`: drives decisions (native or
+//! AuthZEN) or task issuance from many keep-alive connections and reports throughput and
+//! latency percentiles.
+//!
+//! ```sh
+//! cargo build --release -p mandate -p mandate-bench
+//! target/release/mandate-load --scenario decide --connections 16 --duration 10
+//! ```
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use mandate_crypto::client::AgentKey;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// What to load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// `POST /v1/decide` with one task's credential.
+    Decide,
+    /// `POST /access/v1/evaluation` with one task's credential.
+    Authzen,
+    /// `POST /oauth/token`: one new task per request, each with a fresh client assertion.
+    Token,
+}
+
+/// Load harness for Mandate.
+#[derive(Parser, Debug)]
+struct Args {
+    /// What to load.
+    #[arg(long, value_enum, default_value_t = Scenario::Decide)]
+    scenario: Scenario,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Seconds of measured load (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Target request rate in total (requests per second); unlimited when absent.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// The `mandate` binary to spawn.
+    #[arg(long, default_value = "target/release/mandate")]
+    mandate_bin: PathBuf,
+    /// A config file for the spawned server.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Target this broker instead of spawning one (needs --token-file).
+    #[arg(long, requires = "token_file")]
+    url: Option<String>,
+    /// Admin API token of the targeted broker.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A spawned server, killed on drop.
+struct Spawned {
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// The policies the spawned server runs: the shipped pack without the velocity budgets (which
+/// would throttle the load they are measured with) and without approval gates.
+fn bench_policies(dir: &std::path::Path) -> anyhow::Result<()> {
+    let pack = mandate_bench::pack_dir();
+    std::fs::create_dir_all(dir)?;
+    for name in [
+        "mandate.cedarschema",
+        "00-admission.cedar",
+        "10-runtime.cedar",
+        "20-flow.cedar",
+    ] {
+        std::fs::copy(pack.join(name), dir.join(name)).with_context(|| format!("copy {name}"))?;
+    }
+    Ok(())
+}
+
+async fn spawn(args: &Args) -> anyhow::Result<(Spawned, String, String)> {
+    let dir = tempfile::tempdir()?;
+    let policies = dir.path().join("bench-policies");
+    bench_policies(&policies)?;
+    let mut cmd = tokio::process::Command::new(&args.mandate_bin);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--policy-dir")
+        .arg(&policies)
+        .env("MANDATE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(c) = &args.config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", args.mandate_bin.display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        match lines.next_line().await? {
+            Some(l) => {
+                if let Some(u) = l.strip_prefix("mandate listening on ") {
+                    break u.to_string();
+                }
+            }
+            None => bail!("mandate serve exited before listening"),
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let token = std::fs::read_to_string(dir.path().join("admin.token"))?
+        .trim()
+        .to_string();
+    Ok((Spawned { child, _dir: dir }, url, token))
+}
+
+async fn admin(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    path: &str,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let r = client
+        .post(format!("{url}{path}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await?;
+    let status = r.status();
+    let v: Value = r.json().await?;
+    if !status.is_success() {
+        bail!("{path}: {status} {v}");
+    }
+    Ok(v)
+}
+
+fn assertion(key: &AgentKey, url: &str) -> anyhow::Result<String> {
+    key.assertion("bench-agent", &format!("{url}/oauth/token"), 300)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn open_task(
+    client: &reqwest::Client,
+    url: &str,
+    key: &AgentKey,
+) -> anyhow::Result<reqwest::Response> {
+    let a = assertion(key, url)?;
+    Ok(client
+        .post(format!("{url}/oauth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", a.as_str()),
+            ("scope", "read:data"),
+        ])
+        .send()
+        .await?)
+}
+
+struct Totals {
+    ok: AtomicU64,
+    errors: AtomicU64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let setup = reqwest::Client::new();
+    let (_server, url, admin_token) = match (&args.url, &args.token_file) {
+        (Some(u), Some(f)) => (
+            None,
+            u.clone(),
+            std::fs::read_to_string(f)?.trim().to_string(),
+        ),
+        _ => {
+            let (s, u, t) = spawn(&args).await?;
+            (Some(s), u, t)
+        }
+    };
+    let _ = admin(
+        &setup,
+        &url,
+        &admin_token,
+        "/admin/v1/owners",
+        json!({"id": "bench"}),
+    )
+    .await;
+    let key = Arc::new(AgentKey::generate());
+    admin(
+        &setup,
+        &url,
+        &admin_token,
+        "/admin/v1/agents",
+        json!({"id": "bench-agent", "owner": "bench", "tier": "low", "envelope": "read:data",
+               "attestations": [{"type": "private_key_jwt", "public_key": key.public_key()}]}),
+    )
+    .await?;
+    let resp = open_task(&setup, &url, &key).await?;
+    let task: Value = resp.json().await?;
+    let token = task
+        .get("access_token")
+        .and_then(Value::as_str)
+        .context("no task credential")?
+        .to_string();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let totals = Arc::new(Totals {
+        ok: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let per_conn_interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(args.connections as f64 / r.max(1) as f64));
+    let mut workers = Vec::new();
+    for _ in 0..args.connections {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()?;
+        let (url, token, key) = (url.clone(), token.clone(), key.clone());
+        let (stop, measuring, totals) = (stop.clone(), measuring.clone(), totals.clone());
+        let scenario = args.scenario;
+        workers.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+            let decide_body =
+                json!({"action": "read", "resource": {"type": "resource", "id": "data"}})
+                    .to_string();
+            let authzen_body = json!({
+                "subject": {"type": "agent", "id": "bench-agent", "properties": {"token": token}},
+                "action": {"name": "read"}, "resource": {"type": "resource", "id": "data"}
+            })
+            .to_string();
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(i) = per_conn_interval {
+                    next += i;
+                    let now = Instant::now();
+                    if next > now {
+                        tokio::time::sleep(next - now).await;
+                    }
+                }
+                let started = Instant::now();
+                let sent = match scenario {
+                    Scenario::Decide => {
+                        client
+                            .post(format!("{url}/v1/decide"))
+                            .bearer_auth(&token)
+                            .header("content-type", "application/json")
+                            .body(decide_body.clone())
+                            .send()
+                            .await
+                    }
+                    Scenario::Authzen => {
+                        client
+                            .post(format!("{url}/access/v1/evaluation"))
+                            .header("content-type", "application/json")
+                            .body(authzen_body.clone())
+                            .send()
+                            .await
+                    }
+                    Scenario::Token => match open_task(&client, &url, &key).await {
+                        Ok(r) => Ok(r),
+                        Err(_) => {
+                            totals.errors.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    },
+                };
+                let ok = match sent {
+                    Ok(r) => {
+                        let good = r.status().is_success();
+                        let _ = r.bytes().await;
+                        good
+                    }
+                    Err(_) => false,
+                };
+                if measuring.load(Ordering::Relaxed) {
+                    let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    if ok {
+                        totals.ok.fetch_add(1, Ordering::Relaxed);
+                        if let Some(h) = hist.as_mut() {
+                            let _ = h.record(us.max(1));
+                        }
+                    } else {
+                        totals.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            hist
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let began = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = began.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for w in workers {
+        if let Some(h) = w.await? {
+            all.add(&h)?;
+        }
+    }
+    let ok = totals.ok.load(Ordering::Relaxed);
+    let errors = totals.errors.load(Ordering::Relaxed);
+    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    let report = json!({
+        "scenario": format!("{:?}", args.scenario).to_lowercase(),
+        "connections": args.connections,
+        "seconds": elapsed,
+        "requests": ok,
+        "errors": errors,
+        "per_second": ok as f64 / elapsed,
+        "p50_ms": ms(0.50),
+        "p90_ms": ms(0.90),
+        "p99_ms": ms(0.99),
+        "max_ms": all.max() as f64 / 1000.0,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{:<8} conns {:>3}  {:>9.0} req/s  p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  max {:>8.3} ms  errors {}",
+            report.get("scenario").and_then(Value::as_str).unwrap_or(""),
+            args.connections,
+            ok as f64 / elapsed,
+            ms(0.50),
+            ms(0.90),
+            ms(0.99),
+            all.max() as f64 / 1000.0,
+            errors
+        );
+    }
+    Ok(())
+}
