@@ -118,6 +118,54 @@ impl ReplayCache {
     }
 }
 
+/// Credentials whose signature was verified, keyed by the SHA-256 of the token, so a task's
+/// repeated calls skip the signature check. A hit still checks expiry; the task's state is
+/// checked on every call regardless.
+#[derive(Debug, Default)]
+pub(crate) struct VerifiedTokens {
+    map: std::sync::RwLock<HashMap<[u8; 32], Arc<AccessClaims>>>,
+}
+
+/// Most verified credentials remembered.
+const VERIFIED_CAP: usize = 50_000;
+
+fn token_key(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+impl VerifiedTokens {
+    fn get(&self, token: &str, now: i64) -> Option<Arc<AccessClaims>> {
+        let map = self
+            .map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&token_key(token)).filter(|c| c.exp > now).cloned()
+    }
+
+    fn insert(&self, token: &str, claims: Arc<AccessClaims>, now: i64) {
+        let mut map = self
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= VERIFIED_CAP {
+            map.retain(|_, c| c.exp > now);
+            if map.len() >= VERIFIED_CAP {
+                map.clear();
+            }
+        }
+        map.insert(token_key(token), claims);
+    }
+
+    /// Forgets credentials that expired.
+    pub(crate) fn purge(&self, now: i64) {
+        self.map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, c| c.exp > now);
+    }
+}
+
 /// Why a credential was refused, with what is known of it for the audit.
 struct Refusal {
     error: DecideError,
@@ -132,24 +180,32 @@ impl Broker {
         &self,
         token: &str,
         dpop: Option<&DpopInput>,
-    ) -> Result<(AccessClaims, Arc<TaskEntry>), Refusal> {
+    ) -> Result<(Arc<AccessClaims>, Arc<TaskEntry>), Refusal> {
         let now = self.now();
         let refuse = |error, agent: Option<&str>, task: Option<&str>| Refusal {
             error,
             agent: agent.map(str::to_string),
             task: task.map(str::to_string),
         };
-        let claims = self
-            .keys
-            .load()
-            .verify_access_token(token, &self.cfg.issuer, &self.cfg.audience, now.as_secs())
-            .map_err(|e| {
-                let msg = match e {
-                    JwtError::Expired => "credential has expired".to_string(),
-                    other => format!("credential refused: {other}"),
-                };
-                refuse(DecideError::InvalidToken(msg), None, None)
-            })?;
+        let claims = match self.verified.get(token, now.as_secs()) {
+            Some(c) => c,
+            None => {
+                let c = self
+                    .keys
+                    .load()
+                    .verify_access_token(token, &self.cfg.issuer, &self.cfg.audience, now.as_secs())
+                    .map_err(|e| {
+                        let msg = match e {
+                            JwtError::Expired => "credential has expired".to_string(),
+                            other => format!("credential refused: {other}"),
+                        };
+                        refuse(DecideError::InvalidToken(msg), None, None)
+                    })?;
+                let c = Arc::new(c);
+                self.verified.insert(token, c.clone(), now.as_secs());
+                c
+            }
+        };
         let (agent, task_id) = (Some(claims.sub.as_str()), Some(claims.task_id.as_str()));
         let entry = self.inventory.task(&claims.task_id).ok_or_else(|| {
             refuse(
@@ -257,32 +313,20 @@ impl Broker {
             .await?;
         let tier = self
             .inventory
-            .agent(&entry.read().agent)
-            .map(|a| a.tier)
+            .tier(&entry.read().agent)
             .unwrap_or(Tier::High);
         let now = self.now();
         let bundle = self.policy.current();
-        let labels = bundle
-            .catalog()
-            .get(&input.target.id)
-            .map(|(_, l)| l.clone());
+        let labels = bundle.catalog().get(&input.target.id).map(|(_, l)| l);
         // The task is locked from judging to recording, so two calls of one task cannot both
         // be judged on the labels from before either of them.
         let mut step = {
             let mut task = entry.write();
             let verdict = self.judge(&mut task, &entry, &bundle, input, &args, request, now);
-            self.apply(
-                &mut task,
-                &input.target.id,
-                verdict,
-                labels.as_ref(),
-                tier,
-                now,
-            )
+            self.apply(&mut task, &input.target.id, verdict, labels, tier, now)
         };
         if step.verdict.outcome == Outcome::NeedsApproval {
-            self.approval_path(&entry, input, &mut step, labels.as_ref())
-                .await?;
+            self.approval_path(&entry, input, &mut step, labels).await?;
         }
         let mut event = self.event(EventKind::Decision);
         {
@@ -324,12 +368,11 @@ impl Broker {
                 ))
             })?;
         } else {
-            let store = self.store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.commit(ops).await {
-                    tracing::error!(error = %e, "could not record decision");
-                }
-            });
+            self.store.enqueue(ops).await.map_err(|e| {
+                DecideError::Unavailable(format!(
+                    "the decision could not be recorded, so it is not given: {e}"
+                ))
+            })?;
         }
         metrics::counter!("mandate_decisions_total", "outcome" => decision).increment(1);
         metrics::histogram!("mandate_decision_duration_seconds")
@@ -337,8 +380,8 @@ impl Broker {
         Ok(DecisionOutcome {
             decision,
             allowed: step.verdict.allowed(),
-            task_id: claims.task_id,
-            agent: claims.sub,
+            task_id: claims.task_id.clone(),
+            agent: claims.sub.clone(),
             policies: step.verdict.policies,
             reason: step.verdict.reason,
             approval_id: step.approval_id,
@@ -378,7 +421,7 @@ impl Broker {
         dpop: Option<&DpopInput>,
         action: &str,
         target: &Target,
-    ) -> Result<(AccessClaims, Arc<TaskEntry>), DecideError> {
+    ) -> Result<(Arc<AccessClaims>, Arc<TaskEntry>), DecideError> {
         match self.credential(token, dpop) {
             Ok(ok) => Ok(ok),
             Err(r) => {

@@ -49,6 +49,7 @@ pub struct Broker {
     pub(crate) inventory: state::Inventory,
     pub(crate) jwks_cache: attest::JwksCache,
     pub(crate) replay: decide::ReplayCache,
+    pub(crate) verified: decide::VerifiedTokens,
     pub(crate) approvals_changed: tokio::sync::Notify,
     http: std::sync::OnceLock<reqwest::Client>,
 }
@@ -92,6 +93,7 @@ impl Broker {
             inventory: state::Inventory::default(),
             jwks_cache: attest::JwksCache::default(),
             replay: decide::ReplayCache::default(),
+            verified: decide::VerifiedTokens::default(),
             approvals_changed: tokio::sync::Notify::new(),
             keys: ArcSwap::from_pointee(keys),
             http: std::sync::OnceLock::new(),
@@ -172,6 +174,9 @@ impl Broker {
         if let Some(c) = self.http.get() {
             return Ok(c);
         }
+        // One TLS backend for every outgoing call: rustls on ring. Installing it is idempotent;
+        // without a provider reqwest would panic.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .connect_timeout(std::time::Duration::from_secs(5))
@@ -300,6 +305,7 @@ impl Broker {
         }
         self.inventory.evict(now.plus_secs(-120));
         self.replay.purge(now.as_secs());
+        self.verified.purge(now.as_secs());
     }
 
     /// Deletes used one-time values that expired; run every few minutes.

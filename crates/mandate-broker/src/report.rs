@@ -96,7 +96,7 @@ impl Broker {
             DecideError::Unavailable(format!("the report could not be recorded: {e}"))
         })?;
         Ok(ReportOutcome {
-            task_id: claims.task_id,
+            task_id: claims.task_id.clone(),
             added,
             data_read: snapshot.flow.data_read.iter().cloned().collect(),
         })

@@ -102,6 +102,11 @@ impl Inventory {
         read(&self.agents).get(id).cloned()
     }
 
+    /// An agent's tier, without copying the whole registration.
+    pub fn tier(&self, id: &AgentId) -> Option<mandate_core::Tier> {
+        read(&self.agents).get(id).map(|a| a.tier)
+    }
+
     pub fn agents(&self) -> Vec<Agent> {
         let mut v: Vec<Agent> = read(&self.agents).values().cloned().collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));

@@ -15,6 +15,7 @@ pub mod error;
 pub mod jwk;
 mod jws;
 pub mod keys;
+pub mod seal;
 pub mod secret;
 pub mod tokens;
 

@@ -135,6 +135,16 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Queues `ops` for the writer without waiting for their commit. The writer keeps the order
+    /// of everything queued; a failure is logged. Waits only while the queue is full.
+    pub async fn enqueue(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let (reply, _) = oneshot::channel();
+        self.writer
+            .send(Job { ops, reply })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
     /// Where the store is (a file path or URL without credentials).
     pub fn location(&self) -> &str {
         &self.url

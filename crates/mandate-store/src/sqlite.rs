@@ -144,32 +144,132 @@ impl Writer {
     async fn commit_batch(&mut self, batch: &mut Vec<Job>) {
         let mut results: Vec<Result<Receipt, StoreError>> = Vec::with_capacity(batch.len());
         let start_head = self.head.clone();
-        if let Err(e) = self.conn.execute("BEGIN IMMEDIATE").await {
-            let err = db(e);
-            for job in batch.drain(..) {
-                let _ = job.reply.send(Err(err.clone()));
-            }
-            return;
-        }
-        for job in batch.iter() {
-            results.push(self.apply_job(&job.ops).await);
-        }
-        let committed = match self.conn.execute("COMMIT").await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let _ = self.conn.execute("ROLLBACK").await;
-                self.head = start_head;
-                Err(db(e))
-            }
+        let outcome = self.write_batch(batch, &mut results).await;
+        let committed = match outcome {
+            Ok(()) => match self.conn.execute("COMMIT").await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(db(e)),
+            },
+            Err(e) => Err(e),
         };
-        for (job, result) in batch.drain(..).zip(results) {
+        if committed.is_err() {
+            let _ = self.conn.execute("ROLLBACK").await;
+            self.head = start_head;
+        }
+        for (i, job) in batch.drain(..).enumerate() {
             let out = match &committed {
-                Ok(()) => result,
+                Ok(()) => results
+                    .get_mut(i)
+                    .map(|r| std::mem::replace(r, Ok(Receipt::default())))
+                    .unwrap_or_else(|| Err(StoreError::Database("lost result".into()))),
                 Err(e) => Err(e.clone()),
             };
-            // The caller may have gone away; the write stands either way.
-            let _ = job.reply.send(out);
+            // The caller may have gone away (or never waited); the write stands either way,
+            // and a failure nobody hears about is logged.
+            if let Err(Err(e)) = job.reply.send(out) {
+                tracing::error!(error = %e, "a queued write failed");
+            }
         }
+    }
+
+    /// Writes a batch inside one transaction (left open for the caller to commit). Commits that
+    /// hold only audit events cannot conflict: their records are buffered and written with
+    /// multi-row inserts, with no savepoint, which is what keeps a stream of decisions cheap.
+    /// Other commits get a savepoint each, so one that fails rolls back alone. The chain head is
+    /// written once, at the end.
+    async fn write_batch(
+        &mut self,
+        batch: &[Job],
+        results: &mut Vec<Result<Receipt, StoreError>>,
+    ) -> Result<(), StoreError> {
+        let start_head = self.head.0;
+        self.conn.execute("BEGIN IMMEDIATE").await.map_err(db)?;
+        let mut buffered: Vec<(AuditRecord, &mandate_core::audit::AuditEvent)> = Vec::new();
+        for job in batch {
+            if job.ops.iter().all(|op| matches!(op, Op::Audit(_))) {
+                let mut receipt = Receipt::default();
+                for op in &job.ops {
+                    if let Op::Audit(event) = op {
+                        let seq = self.head.0 + 1;
+                        let record = AuditRecord::link(seq, &self.head.1, event);
+                        self.head = (seq, record.hash.clone());
+                        receipt.audit_seqs.push(seq);
+                        buffered.push((record, event));
+                    }
+                }
+                results.push(Ok(receipt));
+            } else {
+                self.flush_audit(&mut buffered).await?;
+                let r = self.apply_job(&job.ops).await;
+                results.push(r);
+            }
+        }
+        self.flush_audit(&mut buffered).await?;
+        if self.head.0 != start_head {
+            sqlx::query(
+                "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2)
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            )
+            .bind(self.head.0)
+            .bind(&self.head.1)
+            .execute(&mut self.conn)
+            .await
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// Inserts buffered audit records, in chunks of fixed sizes so the statement cache stays
+    /// small.
+    async fn flush_audit(
+        &mut self,
+        rows: &mut Vec<(AuditRecord, &mandate_core::audit::AuditEvent)>,
+    ) -> Result<(), StoreError> {
+        let mut rest: &[(AuditRecord, &mandate_core::audit::AuditEvent)] = rows;
+        while !rest.is_empty() {
+            let n = [64usize, 16, 4, 1]
+                .into_iter()
+                .find(|n| *n <= rest.len())
+                .unwrap_or(1);
+            let (chunk, tail) = rest.split_at(n.min(rest.len()));
+            let mut sql = String::from(
+                "INSERT INTO audit_log (seq, time, kind, task_id, agent_id, prev_hash, hash, event) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 8;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${},${},${},${},${},${},${},${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8
+                ));
+            }
+            // Built only from fixed text and placeholder numbers; every value is bound.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (record, event) in chunk {
+                q = q
+                    .bind(record.seq)
+                    .bind(event.time.0)
+                    .bind(event.kind.as_str())
+                    .bind(event.task.as_deref())
+                    .bind(event.agent.as_deref())
+                    .bind(&record.prev_hash)
+                    .bind(&record.hash)
+                    .bind(&record.event_json);
+            }
+            q.execute(&mut self.conn).await.map_err(db)?;
+            rest = tail;
+        }
+        rows.clear();
+        Ok(())
     }
 
     async fn apply_job(&mut self, ops: &[Op]) -> Result<Receipt, StoreError> {
@@ -387,15 +487,7 @@ impl Writer {
                 .execute(&mut *conn)
                 .await
                 .map_err(db)?;
-                sqlx::query(
-                    "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2)
-                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                )
-                .bind(seq)
-                .bind(&record.hash)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
+                // The head row is written once per batch, by `write_batch`.
                 self.head = (seq, record.hash);
                 receipt.audit_seqs.push(seq);
             }

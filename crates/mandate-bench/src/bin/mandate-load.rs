@@ -63,6 +63,10 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Only register the agent and open a task on the targeted broker, print its credential, and
+    /// exit (for driving the load with another tool, e.g. wrk).
+    #[arg(long, requires = "url")]
+    setup_only: bool,
 }
 
 /// A spawned server, killed on drop.
@@ -154,17 +158,18 @@ async fn admin(
     Ok(v)
 }
 
-fn assertion(key: &AgentKey, url: &str) -> anyhow::Result<String> {
-    key.assertion("bench-agent", &format!("{url}/oauth/token"), 300)
+fn assertion(key: &AgentKey, agent: &str, url: &str) -> anyhow::Result<String> {
+    key.assertion(agent, &format!("{url}/oauth/token"), 300)
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 async fn open_task(
     client: &reqwest::Client,
     url: &str,
+    agent: &str,
     key: &AgentKey,
 ) -> anyhow::Result<reqwest::Response> {
-    let a = assertion(key, url)?;
+    let a = assertion(key, agent, url)?;
     Ok(client
         .post(format!("{url}/oauth/token"))
         .form(&[
@@ -185,6 +190,7 @@ struct Totals {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let setup = reqwest::Client::new();
     let (_server, url, admin_token) = match (&args.url, &args.token_file) {
         (Some(u), Some(f)) => (
@@ -206,22 +212,28 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     let key = Arc::new(AgentKey::generate());
+    // A new agent id per run, so the harness can target the same broker again.
+    let agent_id = format!("bench-agent-{}", std::process::id());
     admin(
         &setup,
         &url,
         &admin_token,
         "/admin/v1/agents",
-        json!({"id": "bench-agent", "owner": "bench", "tier": "low", "envelope": "read:data",
+        json!({"id": agent_id, "owner": "bench", "tier": "low", "envelope": "read:data",
                "attestations": [{"type": "private_key_jwt", "public_key": key.public_key()}]}),
     )
     .await?;
-    let resp = open_task(&setup, &url, &key).await?;
+    let resp = open_task(&setup, &url, &agent_id, &key).await?;
     let task: Value = resp.json().await?;
     let token = task
         .get("access_token")
         .and_then(Value::as_str)
         .context("no task credential")?
         .to_string();
+    if args.setup_only {
+        println!("{token}");
+        return Ok(());
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -237,7 +249,8 @@ async fn main() -> anyhow::Result<()> {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(1)
             .build()?;
-        let (url, token, key) = (url.clone(), token.clone(), key.clone());
+        let (url, token, key, agent_id) =
+            (url.clone(), token.clone(), key.clone(), agent_id.clone());
         let (stop, measuring, totals) = (stop.clone(), measuring.clone(), totals.clone());
         let scenario = args.scenario;
         workers.push(tokio::spawn(async move {
@@ -246,7 +259,7 @@ async fn main() -> anyhow::Result<()> {
                 json!({"action": "read", "resource": {"type": "resource", "id": "data"}})
                     .to_string();
             let authzen_body = json!({
-                "subject": {"type": "agent", "id": "bench-agent", "properties": {"token": token}},
+                "subject": {"type": "agent", "id": agent_id, "properties": {"token": token}},
                 "action": {"name": "read"}, "resource": {"type": "resource", "id": "data"}
             })
             .to_string();
@@ -278,7 +291,7 @@ async fn main() -> anyhow::Result<()> {
                             .send()
                             .await
                     }
-                    Scenario::Token => match open_task(&client, &url, &key).await {
+                    Scenario::Token => match open_task(&client, &url, &agent_id, &key).await {
                         Ok(r) => Ok(r),
                         Err(_) => {
                             totals.errors.fetch_add(1, Ordering::Relaxed);
