@@ -104,6 +104,7 @@ fn mandate_decide(f: &mut Fixture) -> bool {
                 .unwrap(),
             flow,
             args: args_to_cedar(&f.args).unwrap(),
+            provenance: mandate_policy::provenance_to_cedar(&Default::default()).unwrap(),
         },
     );
     verdict.allowed()
@@ -135,6 +136,10 @@ fn cedar_parts(
             flow_to_cedar(&mut f.flow, "cases", Timestamp(5_000)).unwrap(),
         ),
         ("args".to_string(), args_to_cedar(&f.args).unwrap()),
+        (
+            "provenance".to_string(),
+            mandate_policy::provenance_to_cedar(&Default::default()).unwrap(),
+        ),
     ];
     (principal, action, resource, context)
 }

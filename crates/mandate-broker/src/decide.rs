@@ -14,6 +14,7 @@ use mandate_crypto::dpop::{DpopExpectation, verify_dpop};
 use mandate_crypto::{AccessClaims, JwtError};
 use mandate_policy::{
     Labels, Outcome, Query, TargetKind, Verdict, args_to_cedar, flow_to_cedar, json_to_cedar,
+    provenance_to_cedar,
 };
 use mandate_store::Op;
 use serde::Serialize;
@@ -476,6 +477,19 @@ impl Broker {
             Ok(f) => f,
             Err(e) => return Verdict::deny("mandate:context", e.to_string()),
         };
+        // A value the task's own request named (in its intent or its argument rules) is the
+        // task's, not the third party's.
+        let own = serde_json::to_string(&task.scope).unwrap_or_default();
+        let intent = task.intent.text.to_ascii_lowercase();
+        let named = |v: &str| {
+            let v = v.to_ascii_lowercase();
+            intent.contains(&v) || own.to_ascii_lowercase().contains(&v)
+        };
+        let marks = task.provenance.marks(&input.arguments, &named);
+        let provenance = match provenance_to_cedar(&marks) {
+            Ok(p) => p,
+            Err(e) => return Verdict::deny("mandate:context", e.to_string()),
+        };
         bundle.decide(
             &self.entities.load(),
             &Query {
@@ -487,6 +501,7 @@ impl Broker {
                 request,
                 flow,
                 args: args.clone(),
+                provenance,
             },
         )
     }

@@ -258,6 +258,7 @@ impl Broker {
             jkt: jkt.clone(),
             budget: ask.budget,
             flow: Default::default(),
+            provenance: Default::default(),
         };
         let verdict = self.admit(&agent, &task);
         let mut task = task;

@@ -25,6 +25,11 @@ pub struct ReportInput {
     pub target: Option<Target>,
     /// Data classes seen in the output.
     pub data_classes: Vec<String>,
+    /// The output itself (or its text), when it carries third-party content: the values in it
+    /// are remembered for argument provenance. Not stored, not audited.
+    pub output: Option<String>,
+    /// Whether the output is third-party content even if the catalog does not say so.
+    pub third_party: bool,
 }
 
 /// The task's labels after a report.
@@ -36,6 +41,8 @@ pub struct ReportOutcome {
     pub added: FlowAdded,
     /// Every data class the task has read.
     pub data_read: Vec<String>,
+    /// How many third-party values the output added to the task's provenance.
+    pub remembered: usize,
 }
 
 fn check_class(c: &str) -> bool {
@@ -49,10 +56,15 @@ impl Broker {
     /// Adds reported data classes to a task's flow labels, and records the report.
     pub async fn report(&self, input: &ReportInput) -> Result<ReportOutcome, DecideError> {
         let bad = input.data_classes.len() > MAX_REPORTED_CLASSES
-            || input.data_classes.iter().any(|c| !check_class(c));
+            || input.data_classes.iter().any(|c| !check_class(c))
+            || input
+                .output
+                .as_ref()
+                .is_some_and(|o| o.len() > mandate_core::provenance::MAX_SCAN);
         if bad {
             let msg = format!(
-                "data_classes must be at most {MAX_REPORTED_CLASSES} labels of lowercase letters, digits, `_` or `-`"
+                "data_classes must be at most {MAX_REPORTED_CLASSES} labels of lowercase letters, digits, `_` or `-`, and output at most {} bytes",
+                mandate_core::provenance::MAX_SCAN
             );
             self.record_rejected_request("/v1/report", &msg).await;
             return Err(DecideError::BadRequest(msg));
@@ -73,23 +85,41 @@ impl Broker {
                 }),
             )
             .await?;
-        let (added, snapshot, mut e) = {
+        let third_party = input.third_party
+            || input.target.as_ref().is_some_and(|t| {
+                self.policy
+                    .current()
+                    .catalog()
+                    .get(&t.id)
+                    .is_some_and(|(_, l)| l.third_party_content)
+            });
+        let source = input
+            .target
+            .as_ref()
+            .map(|t| t.id.clone())
+            .unwrap_or_else(|| "reported".into());
+        let (added, remembered, snapshot, mut e) = {
             let mut task = entry.write();
             let added = task.flow.record_read(&input.data_classes);
+            let remembered = match (&input.output, third_party) {
+                (Some(text), true) => task.provenance.remember(text, &source),
+                _ => 0,
+            };
             let mut e = self.event(EventKind::FlowReported);
             e.agent = Some(task.agent.to_string());
             e.owner = task.owner.as_ref().map(ToString::to_string);
             e.task = Some(task.id.to_string());
             e.intent = Some(task.intent.text.clone());
-            (added, task.clone(), e)
+            (added, remembered, task.clone(), e)
         };
         e.resource = Some(label);
         e.detail = serde_json::json!({
             "reported": input.data_classes,
             "flow_added": added,
+            "third_party_values": remembered,
         });
         let mut ops = vec![Op::Audit(e)];
-        if !added.is_empty() {
+        if !added.is_empty() || remembered > 0 {
             ops.push(Op::UpdateTask(snapshot.clone()));
         }
         self.store.commit(ops).await.map_err(|e| {
@@ -99,6 +129,7 @@ impl Broker {
             task_id: claims.task_id.clone(),
             added,
             data_read: snapshot.flow.data_read.iter().cloned().collect(),
+            remembered,
         })
     }
 }

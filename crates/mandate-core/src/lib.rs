@@ -11,6 +11,7 @@ pub mod clock;
 pub mod flow;
 pub mod ids;
 pub mod model;
+pub mod provenance;
 pub mod scope;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};

@@ -284,6 +284,12 @@ pub struct Task {
     /// What the task has touched so far (flow labels).
     #[serde(default)]
     pub flow: crate::flow::Flow,
+    /// Values seen in third-party content during the task (argument provenance).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::provenance::Provenance::is_empty"
+    )]
+    pub provenance: crate::provenance::Provenance,
 }
 
 /// Limits a task asks for itself, on top of the tier's. Policies see them as

@@ -25,6 +25,8 @@ pub struct Query<'a> {
     pub flow: RestrictedExpression,
     /// `context.args`, from [`crate::args_to_cedar`].
     pub args: RestrictedExpression,
+    /// `context.provenance`, from [`crate::provenance_to_cedar`].
+    pub provenance: RestrictedExpression,
 }
 
 /// An admission question: may this agent open this task?
@@ -238,6 +240,7 @@ impl PolicyBundle {
             ("request".to_string(), q.request.clone()),
             ("flow".to_string(), q.flow.clone()),
             ("args".to_string(), q.args.clone()),
+            ("provenance".to_string(), q.provenance.clone()),
         ];
         let principal = Names::uid(&names.agent, q.agent);
         let action = Names::uid(&names.action, q.action);

@@ -170,6 +170,17 @@ pub fn flow_to_cedar(
     .map_err(|e| FactsError::Cedar(e.to_string()))
 }
 
+/// The Cedar record for `context.provenance`.
+pub fn provenance_to_cedar(
+    marks: &mandate_core::provenance::Marks,
+) -> Result<RestrictedExpression, FactsError> {
+    RestrictedExpression::new_record([
+        ("args".to_string(), string_set(&marks.args)),
+        ("sources".to_string(), string_set(&marks.sources)),
+    ])
+    .map_err(|e| FactsError::Cedar(e.to_string()))
+}
+
 /// The Cedar record for `context.args`. Unlike [`json_to_cedar`] it accepts any JSON: `null`
 /// members are left out, whole floats become integers and other numbers strings, so a call
 /// with unusual arguments is still decided (and policies that read such an argument fail closed).

@@ -27,7 +27,7 @@ pub use catalog::{Catalog, Labels};
 pub use decide::{AdmissionQuery, ApprovalQuery, Approver, Outcome, Query, Verdict};
 pub use facts::{
     AgentFacts, EntityIndex, FactsError, TargetFacts, TargetKind, TaskFacts, args_to_cedar,
-    flow_to_cedar, json_to_cedar,
+    flow_to_cedar, json_to_cedar, provenance_to_cedar,
 };
 pub use load::{LoadError, PolicyBundle, Problem, SourceFile};
 

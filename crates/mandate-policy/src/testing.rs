@@ -29,7 +29,10 @@ use mandate_core::args::ArgRules;
 use serde::{Deserialize, Serialize};
 
 use crate::decide::{AdmissionQuery, Outcome, Query, Verdict};
-use crate::facts::{AgentFacts, EntityIndex, TargetKind, TaskFacts, args_to_cedar, json_to_cedar};
+use crate::facts::{
+    AgentFacts, EntityIndex, TargetKind, TaskFacts, args_to_cedar, json_to_cedar,
+    provenance_to_cedar,
+};
 use crate::load::PolicyBundle;
 
 /// Largest test file read.
@@ -135,6 +138,9 @@ struct Case {
     flow: FlowCase,
     #[serde(default)]
     context: serde_json::Map<String, serde_json::Value>,
+    /// Arguments marked as carrying third-party values.
+    #[serde(default)]
+    third_party_args: Vec<String>,
     expect: Outcome,
     #[serde(default)]
     policies: Option<Vec<String>>,
@@ -282,6 +288,15 @@ fn run_case(
             request,
             flow: flow_record(&c.flow)?,
             args: args_to_cedar(&c.args).map_err(|e| e.to_string())?,
+            provenance: provenance_to_cedar(&mandate_core::provenance::Marks {
+                args: c.third_party_args.iter().cloned().collect(),
+                sources: if c.third_party_args.is_empty() {
+                    Default::default()
+                } else {
+                    ["test".to_string()].into()
+                },
+            })
+            .map_err(|e| e.to_string())?,
         },
     ))
 }

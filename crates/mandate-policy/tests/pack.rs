@@ -84,6 +84,7 @@ fn decide_with(
             request: json_to_cedar(&serde_json::json!({}), "request").unwrap(),
             flow: flow_to_cedar(flow, target, mandate_core::Timestamp(0)).unwrap(),
             args: args_to_cedar(args.as_object().unwrap()).unwrap(),
+            provenance: mandate_policy::provenance_to_cedar(&Default::default()).unwrap(),
         },
     )
 }

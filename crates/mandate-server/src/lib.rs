@@ -164,7 +164,13 @@ struct ReportBody {
     dpop: Option<DpopBody>,
     #[serde(default)]
     resource: Option<ResourceBody>,
+    #[serde(default)]
     data_classes: Vec<String>,
+    /// The call's output, when it carries third-party content (for argument provenance).
+    #[serde(default)]
+    output: Option<String>,
+    #[serde(default)]
+    third_party: bool,
 }
 
 /// The credential from `Authorization: Bearer|DPoP <token>`, and whether the DPoP scheme was used.
@@ -265,6 +271,8 @@ async fn report(State(s): State<AppState>, headers: HeaderMap, body: body::Limit
             id: r.id,
         }),
         data_classes: parsed.data_classes,
+        output: parsed.output,
+        third_party: parsed.third_party,
     };
     match s.broker.report(&input).await {
         Ok(outcome) => axum::Json(outcome).into_response(),

@@ -18,7 +18,7 @@ use std::path::Path;
 use mandate_core::audit::AuditRecord;
 use tokio::sync::{mpsc, oneshot};
 
-pub use model::{ApiTokenRecord, ApprovalFilter, Op, Receipt, Role, TaskFilter};
+pub use model::{ApiTokenRecord, ApprovalFilter, Op, Receipt, Role, SecretRecord, TaskFilter};
 
 use mandate_core::{Agent, AgentId, Owner, OwnerId, Task, TaskId};
 
@@ -250,6 +250,20 @@ impl Store {
     ) -> Result<Vec<mandate_core::approval::Approval>, StoreError> {
         match &self.reader {
             Reader::Sqlite(r) => r.approvals(filter).await,
+        }
+    }
+
+    /// One sealed secret.
+    pub async fn secret(&self, name: &str) -> Result<Option<SecretRecord>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(r) => r.secret(name).await,
+        }
+    }
+
+    /// All sealed secrets, by name.
+    pub async fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(r) => r.secrets().await,
         }
     }
 

@@ -34,6 +34,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         description: "approvals",
         sql: include_str!("../migrations/sqlite/0002_approvals.sql"),
     },
+    Migration {
+        version: 3,
+        description: "secrets",
+        sql: include_str!("../migrations/sqlite/0003_secrets.sql"),
+    },
 ];
 
 pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -106,6 +106,14 @@ pub enum Op {
         /// The state it must still be in.
         from: ApprovalState,
     },
+    /// Store a sealed secret value as `version`; the previous version must be `version - 1`
+    /// (0 for a new secret), else the commit fails with `Conflict`.
+    PutSecret(SecretRecord),
+    /// Delete a secret.
+    DeleteSecret {
+        /// Name.
+        name: String,
+    },
     /// Append an event to the audit chain.
     Audit(AuditEvent),
     /// Set a key-value pair.
@@ -148,4 +156,23 @@ pub struct TaskFilter {
     pub state: Option<TaskState>,
     /// At most this many (default 1000).
     pub limit: Option<i64>,
+}
+
+/// A sealed secret as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    /// Name, e.g. `github_token`.
+    pub name: String,
+    /// Starts at 1, grows with every rotation.
+    pub version: i64,
+    /// AEAD nonce, base64url.
+    #[serde(skip_serializing)]
+    pub nonce: String,
+    /// AEAD ciphertext, base64url.
+    #[serde(skip_serializing)]
+    pub ciphertext: String,
+    /// When first set.
+    pub created_at: Timestamp,
+    /// When last rotated.
+    pub updated_at: Timestamp,
 }

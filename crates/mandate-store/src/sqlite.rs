@@ -14,7 +14,7 @@ use sqlx::{Connection, Executor, Row};
 use tokio::sync::mpsc;
 
 use crate::migrate::{self, SQLITE};
-use crate::model::{ApiTokenRecord, ApprovalFilter, Op, Receipt, Role, TaskFilter};
+use crate::model::{ApiTokenRecord, ApprovalFilter, Op, Receipt, Role, SecretRecord, TaskFilter};
 use crate::{Durability, Job, StoreError, StoreOptions};
 use mandate_core::approval::Approval;
 
@@ -469,6 +469,52 @@ impl Writer {
                     )));
                 }
             }
+            Op::PutSecret(rec) => {
+                let done = if rec.version == 1 {
+                    sqlx::query(
+                        "INSERT INTO secrets (name, version, nonce, ciphertext, created_at, updated_at)
+                         VALUES ($1, 1, $2, $3, $4, $5)",
+                    )
+                    .bind(&rec.name)
+                    .bind(&rec.nonce)
+                    .bind(&rec.ciphertext)
+                    .bind(rec.created_at.0)
+                    .bind(rec.updated_at.0)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| conflict(e, format!("secret `{}`", rec.name)))?
+                } else {
+                    sqlx::query(
+                        "UPDATE secrets SET version = $1, nonce = $2, ciphertext = $3, updated_at = $4
+                         WHERE name = $5 AND version = $6",
+                    )
+                    .bind(rec.version)
+                    .bind(&rec.nonce)
+                    .bind(&rec.ciphertext)
+                    .bind(rec.updated_at.0)
+                    .bind(&rec.name)
+                    .bind(rec.version - 1)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?
+                };
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "secret `{}` version {}",
+                        rec.name, rec.version
+                    )));
+                }
+            }
+            Op::DeleteSecret { name } => {
+                let done = sqlx::query("DELETE FROM secrets WHERE name = $1")
+                    .bind(name)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("secret `{name}`")));
+                }
+            }
             Op::Audit(event) => {
                 let seq = self.head.0 + 1;
                 let record = AuditRecord::link(seq, &self.head.1, event);
@@ -733,6 +779,25 @@ impl SqliteReader {
         .collect()
     }
 
+    pub async fn secret(&self, name: &str) -> Result<Option<SecretRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM secrets WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| secret_from_row(&r)).transpose()
+    }
+
+    pub async fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
+        sqlx::query("SELECT * FROM secrets ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(secret_from_row)
+            .collect()
+    }
+
     pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
             .bind(key)
@@ -749,5 +814,16 @@ fn owner_from_row(r: &SqliteRow) -> Result<Owner, StoreError> {
         id: OwnerId::from_str(&id).map_err(corrupt)?,
         name: r.try_get("name").map_err(db)?,
         created_at: Timestamp(r.try_get("created_at").map_err(db)?),
+    })
+}
+
+fn secret_from_row(r: &SqliteRow) -> Result<SecretRecord, StoreError> {
+    Ok(SecretRecord {
+        name: r.try_get("name").map_err(db)?,
+        version: r.try_get("version").map_err(db)?,
+        nonce: r.try_get("nonce").map_err(db)?,
+        ciphertext: r.try_get("ciphertext").map_err(db)?,
+        created_at: Timestamp(r.try_get("created_at").map_err(db)?),
+        updated_at: Timestamp(r.try_get("updated_at").map_err(db)?),
     })
 }

@@ -67,6 +67,7 @@ fn task(agent: &str) -> Task {
         jkt: None,
         budget: Default::default(),
         flow: Default::default(),
+        provenance: Default::default(),
     }
 }
 
