@@ -142,8 +142,8 @@ impl Provenance {
             if self.values.len() >= MAX_VALUES {
                 break;
             }
-            if !self.values.contains_key(&v) {
-                self.values.insert(v, source.to_string());
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.values.entry(v) {
+                slot.insert(source.to_string());
                 added += 1;
             }
         }
