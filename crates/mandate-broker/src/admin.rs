@@ -56,6 +56,15 @@ impl Principal {
         }
     }
 
+    pub(crate) fn require_admin_for(&self, what: &str) -> Result<(), AdminError> {
+        match self {
+            Principal::Admin { .. } => Ok(()),
+            Principal::Owner { .. } => Err(AdminError::Forbidden(format!(
+                "{what} are managed by admins only"
+            ))),
+        }
+    }
+
     fn may_manage(&self, agent: &Agent) -> Result<(), AdminError> {
         match self {
             Principal::Admin { .. } => Ok(()),

@@ -91,6 +91,24 @@ pub struct DecisionOutcome {
     pub flow_added: FlowAdded,
 }
 
+/// A task as an enforcement point needs it to shape what the agent may see.
+#[derive(Clone, Debug)]
+pub struct TaskView {
+    /// The task.
+    pub task_id: String,
+    /// Its agent.
+    pub agent: String,
+    /// Its granted scope.
+    pub scope: mandate_core::Scope,
+}
+
+/// A decision not yet recorded; see [`Broker::commit_decision`].
+#[must_use = "a decision must be recorded"]
+#[derive(Debug)]
+pub struct PendingAudit {
+    ops: Vec<Op>,
+}
+
 /// DPoP proofs seen recently, to refuse their replay.
 #[derive(Debug, Default)]
 pub(crate) struct ReplayCache {
@@ -293,9 +311,21 @@ impl Broker {
         Ok((claims, entry))
     }
 
-    /// Decides one action. Errors mean no decision could be made (bad input or a refused
-    /// credential); a made decision, allow, deny or needs-approval, is an `Ok`.
+    /// Decides one action and records it. Errors mean no decision could be made (bad input or a
+    /// refused credential); a made decision, allow, deny or needs-approval, is an `Ok`.
     pub async fn decide(&self, input: &DecideInput) -> Result<DecisionOutcome, DecideError> {
+        let (outcome, pending) = self.decide_pending(input).await?;
+        self.commit_decision(pending, None, None).await?;
+        Ok(outcome)
+    }
+
+    /// Decides one action without recording it yet: an enforcement point that acts on the
+    /// decision (the gateway) records it afterwards, with what happened, in one audit event.
+    /// The caller must pass the result to [`Broker::commit_decision`].
+    pub async fn decide_pending(
+        &self,
+        input: &DecideInput,
+    ) -> Result<(DecisionOutcome, PendingAudit), DecideError> {
         let started = Instant::now();
         let (request, args) = match self.check_decide_input(input) {
             Ok(ok) => ok,
@@ -362,31 +392,78 @@ impl Broker {
         }
         let mut ops = std::mem::take(&mut step.ops);
         ops.insert(0, Op::Audit(event));
-        if self.cfg.audit_sync_decisions || ops.len() > 1 {
-            self.store.commit(ops).await.map_err(|e| {
-                DecideError::Unavailable(format!(
-                    "the decision could not be recorded, so it is not given: {e}"
-                ))
-            })?;
-        } else {
-            self.store.enqueue(ops).await.map_err(|e| {
-                DecideError::Unavailable(format!(
-                    "the decision could not be recorded, so it is not given: {e}"
-                ))
-            })?;
-        }
         metrics::counter!("mandate_decisions_total", "outcome" => decision).increment(1);
         metrics::histogram!("mandate_decision_duration_seconds")
             .record(started.elapsed().as_secs_f64());
-        Ok(DecisionOutcome {
-            decision,
-            allowed: step.verdict.allowed(),
+        Ok((
+            DecisionOutcome {
+                decision,
+                allowed: step.verdict.allowed(),
+                task_id: claims.task_id.clone(),
+                agent: claims.sub.clone(),
+                policies: step.verdict.policies,
+                reason: step.verdict.reason,
+                approval_id: step.approval_id,
+                flow_added: step.added,
+            },
+            PendingAudit { ops },
+        ))
+    }
+
+    /// Records a decision made with [`Broker::decide_pending`], as `kind` (default `decision`)
+    /// and with `extra` details (the gateway adds the upstream, the outcome and the latency).
+    /// Waits for the commit unless configured otherwise; a decision that changed the task is
+    /// always committed before this returns.
+    pub async fn commit_decision(
+        &self,
+        pending: PendingAudit,
+        kind: Option<EventKind>,
+        extra: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<(), DecideError> {
+        let mut ops = pending.ops;
+        if let Some(Op::Audit(event)) = ops.first_mut() {
+            if let Some(k) = kind {
+                event.kind = k;
+            }
+            if let Some(extra) = extra {
+                let mut detail = match std::mem::take(&mut event.detail) {
+                    serde_json::Value::Object(m) => m,
+                    _ => serde_json::Map::new(),
+                };
+                detail.extend(extra);
+                event.detail = serde_json::Value::Object(detail);
+            }
+        }
+        let unavailable = |e: mandate_store::StoreError| {
+            DecideError::Unavailable(format!(
+                "the decision could not be recorded, so it is not given: {e}"
+            ))
+        };
+        if self.cfg.audit_sync_decisions || ops.len() > 1 {
+            self.store.commit(ops).await.map_err(unavailable)?;
+        } else {
+            self.store.enqueue(ops).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Checks a credential and returns its task's scope (for listing what the agent may use).
+    /// A refused credential is audited like at decision time.
+    pub async fn task_view(
+        &self,
+        token: &str,
+        dpop: Option<&DpopInput>,
+    ) -> Result<TaskView, DecideError> {
+        let probe = Target {
+            kind: TargetKind::Tool,
+            id: "-".into(),
+        };
+        let (claims, entry) = self.credential_or_audit(token, dpop, "list", &probe).await?;
+        let scope = entry.read().scope.clone();
+        Ok(TaskView {
             task_id: claims.task_id.clone(),
             agent: claims.sub.clone(),
-            policies: step.verdict.policies,
-            reason: step.verdict.reason,
-            approval_id: step.approval_id,
-            flow_added: step.added,
+            scope,
         })
     }
 

@@ -18,13 +18,15 @@ mod decide;
 mod error;
 mod oauth;
 mod report;
+mod secrets;
 mod state;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use mandate_core::audit::{AuditEvent, EventKind};
+use mandate_core::audit::AuditEvent;
+pub use mandate_core::audit::EventKind;
 use mandate_core::{Clock, TaskState, Timestamp};
 use mandate_crypto::KeyRing;
 use mandate_policy::{AgentFacts, EntityIndex, PolicyBundle, PolicyEngine};
@@ -33,10 +35,12 @@ use mandate_store::{Op, Store};
 pub use admin::{AgentView, ApiTokenIssued, NewAgent, NewOwner, Principal};
 pub use attest::{ClientAuth, JWT_BEARER, JWT_SPIFFE};
 pub use config::{BrokerConfig, Webhook};
-pub use decide::{DecideInput, DecisionOutcome, DpopInput, Target};
+pub use decide::{DecideInput, DecisionOutcome, DpopInput, PendingAudit, Target, TaskView};
 pub use error::{AdminError, DecideError, OAuthError};
+
 pub use oauth::{Caller, TASK_DETAILS_TYPE, TokenRequest, TokenResponse};
 pub use report::{ReportInput, ReportOutcome};
+pub use secrets::check_secret_name;
 
 /// The broker. Cheap to share behind an `Arc`.
 pub struct Broker {
@@ -51,6 +55,9 @@ pub struct Broker {
     pub(crate) replay: decide::ReplayCache,
     pub(crate) verified: decide::VerifiedTokens,
     pub(crate) approvals_changed: tokio::sync::Notify,
+    pub(crate) kek: Option<mandate_crypto::seal::Kek>,
+    pub(crate) secret_cache: secrets::SecretCache,
+    pub(crate) secret_changes: tokio::sync::watch::Sender<u64>,
     http: std::sync::OnceLock<reqwest::Client>,
 }
 
@@ -95,6 +102,9 @@ impl Broker {
             replay: decide::ReplayCache::default(),
             verified: decide::VerifiedTokens::default(),
             approvals_changed: tokio::sync::Notify::new(),
+            kek: None,
+            secret_cache: secrets::SecretCache::default(),
+            secret_changes: tokio::sync::watch::channel(0).0,
             keys: ArcSwap::from_pointee(keys),
             http: std::sync::OnceLock::new(),
             cfg,
@@ -314,6 +324,13 @@ impl Broker {
         if let Err(err) = self.store.commit(vec![Op::PurgeOnce { before }]).await {
             tracing::warn!(error = %err, "could not purge used one-time values");
         }
+    }
+
+    /// Sets the key-encryption key for brokered secrets. Call before sharing the broker.
+    pub fn set_kek(self: &mut Arc<Self>, kek: mandate_crypto::seal::Kek) -> Result<(), String> {
+        Arc::get_mut(self)
+            .map(|b| b.kek = Some(kek))
+            .ok_or_else(|| "the broker is already shared".to_string())
     }
 
     /// Loads the signing key ring (the binary owns where keys are kept).

@@ -65,6 +65,12 @@ pub enum EventKind {
     ApprovalGranted,
     /// A person refused an approval request.
     ApprovalDenied,
+    /// A brokered secret was set or rotated (never its value).
+    SecretSet,
+    /// A brokered secret was deleted.
+    SecretDeleted,
+    /// The gateway forwarded or refused one call to an upstream.
+    GatewayCall,
 }
 
 impl EventKind {
@@ -94,6 +100,9 @@ impl EventKind {
             EventKind::ApprovalRequested => "approval_requested",
             EventKind::ApprovalGranted => "approval_granted",
             EventKind::ApprovalDenied => "approval_denied",
+            EventKind::SecretSet => "secret_set",
+            EventKind::SecretDeleted => "secret_deleted",
+            EventKind::GatewayCall => "gateway_call",
         }
     }
 }
