@@ -342,6 +342,58 @@ impl Broker {
                 &input.target,
             )
             .await?;
+        self.decide_entry(
+            input,
+            &entry,
+            &claims.task_id,
+            &claims.sub,
+            started,
+            request,
+            args,
+        )
+        .await
+    }
+
+    /// Like [`Broker::decide_pending`], for an enforcement point in this process that checked
+    /// the credential of this same request already (its DPoP proof is spent): the task is taken
+    /// by id, and it must still be active.
+    pub async fn decide_pending_checked(
+        &self,
+        input: &DecideInput,
+        task_id: &str,
+    ) -> Result<(DecisionOutcome, PendingAudit), DecideError> {
+        let started = Instant::now();
+        let (request, args) = match self.check_decide_input(input) {
+            Ok(ok) => ok,
+            Err(msg) => {
+                self.record_rejected_request("gateway", &msg).await;
+                return Err(DecideError::BadRequest(msg));
+            }
+        };
+        let entry = self
+            .inventory
+            .task(task_id)
+            .ok_or_else(|| DecideError::InvalidToken(format!("task `{task_id}` is not known")))?;
+        let agent = entry.read().agent.to_string();
+        self.decide_entry(input, &entry, task_id, &agent, started, request, args)
+            .await
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the two entry points share everything below"
+    )]
+    async fn decide_entry(
+        &self,
+        input: &DecideInput,
+        entry: &Arc<TaskEntry>,
+        task_id: &str,
+        agent: &str,
+        started: Instant,
+        request: RestrictedExpression,
+        args: RestrictedExpression,
+    ) -> Result<(DecisionOutcome, PendingAudit), DecideError> {
+        let entry = entry.clone();
         let tier = self
             .inventory
             .tier(&entry.read().agent)
@@ -399,8 +451,8 @@ impl Broker {
             DecisionOutcome {
                 decision,
                 allowed: step.verdict.allowed(),
-                task_id: claims.task_id.clone(),
-                agent: claims.sub.clone(),
+                task_id: task_id.to_string(),
+                agent: agent.to_string(),
                 policies: step.verdict.policies,
                 reason: step.verdict.reason,
                 approval_id: step.approval_id,
@@ -458,7 +510,9 @@ impl Broker {
             kind: TargetKind::Tool,
             id: "-".into(),
         };
-        let (claims, entry) = self.credential_or_audit(token, dpop, "list", &probe).await?;
+        let (claims, entry) = self
+            .credential_or_audit(token, dpop, "list", &probe)
+            .await?;
         let scope = entry.read().scope.clone();
         Ok(TaskView {
             task_id: claims.task_id.clone(),

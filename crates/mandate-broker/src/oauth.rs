@@ -197,7 +197,7 @@ impl Broker {
             }
         }
         let Authenticated { agent, mut once } = self.authenticate_agent(&req.auth).await?;
-        let ask = match self.parse_ask(req, &agent) {
+        let mut ask = match self.parse_ask(req, &agent) {
             Ok(a) => a,
             Err(e) => {
                 // The assertion is spent even though the request was malformed.
@@ -242,6 +242,17 @@ impl Broker {
             }
             None => None,
         };
+        // A plain `scope` request is an OAuth scope request: the server may grant part of it
+        // (RFC 6749 section 3.3) and says what it granted. MCP clients ask for everything a
+        // server offers; they get what the agent's envelope allows of it. A detailed task
+        // description is held to the letter instead: asking beyond the envelope is refused.
+        let requested = ask.scope.clone();
+        if !ask.via_details {
+            let within = ask.scope.intersect(&agent.envelope);
+            if !within.is_empty() {
+                ask.scope = within;
+            }
+        }
         let task = Task {
             id: TaskId::generate(),
             agent: agent.id.clone(),
@@ -286,6 +297,7 @@ impl Broker {
         e.detail = serde_json::json!({
             "intent_class": task.intent.class,
             "scope": task.scope.to_string(),
+            "requested_scope": (requested != task.scope).then(|| requested.to_string()),
             "ttl": ask.ttl,
             "dpop_bound": jkt.is_some(),
         });

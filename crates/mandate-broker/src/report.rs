@@ -69,22 +69,46 @@ impl Broker {
             self.record_rejected_request("/v1/report", &msg).await;
             return Err(DecideError::BadRequest(msg));
         }
-        let label = input
-            .target
-            .as_ref()
-            .map(target_label)
-            .unwrap_or_else(|| "-".into());
+        let probe = Target {
+            kind: mandate_policy::TargetKind::Tool,
+            id: "-".into(),
+        };
         let (claims, entry) = self
             .credential_or_audit(
                 &input.token,
                 input.dpop.as_ref(),
                 "report",
-                input.target.as_ref().unwrap_or(&Target {
-                    kind: mandate_policy::TargetKind::Tool,
-                    id: "-".into(),
-                }),
+                input.target.as_ref().unwrap_or(&probe),
             )
             .await?;
+        self.record_report(&claims.task_id, &entry, input).await
+    }
+
+    /// Records what a call returned for a task, on behalf of an enforcement point in this
+    /// process that has already checked the credential (the gateway).
+    pub async fn report_for_task(
+        &self,
+        task_id: &str,
+        input: &ReportInput,
+    ) -> Result<ReportOutcome, DecideError> {
+        let entry = self
+            .inventory
+            .task(task_id)
+            .ok_or_else(|| DecideError::InvalidToken(format!("task `{task_id}` is not known")))?;
+        self.record_report(task_id, &entry, input).await
+    }
+
+    async fn record_report(
+        &self,
+        task_id: &str,
+        entry: &std::sync::Arc<crate::state::TaskEntry>,
+        input: &ReportInput,
+    ) -> Result<ReportOutcome, DecideError> {
+        let label = input
+            .target
+            .as_ref()
+            .map(target_label)
+            .unwrap_or_else(|| "-".into());
         let third_party = input.third_party
             || input.target.as_ref().is_some_and(|t| {
                 self.policy
@@ -126,7 +150,7 @@ impl Broker {
             DecideError::Unavailable(format!("the report could not be recorded: {e}"))
         })?;
         Ok(ReportOutcome {
-            task_id: claims.task_id.clone(),
+            task_id: task_id.to_string(),
             added,
             data_read: snapshot.flow.data_read.iter().cloned().collect(),
             remembered,

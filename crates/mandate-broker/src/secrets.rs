@@ -12,9 +12,9 @@ use mandate_crypto::SecretString;
 use mandate_crypto::seal::{Kek, Sealed};
 use mandate_store::{Op, SecretRecord, StoreError};
 
+use crate::Broker;
 use crate::admin::Principal;
 use crate::error::AdminError;
-use crate::Broker;
 
 /// Checks a secret's name: 1 to 64 of letters, digits, `_`, `-`, `.`.
 pub fn check_secret_name(name: &str) -> Result<(), AdminError> {
@@ -47,7 +47,9 @@ impl std::fmt::Debug for SecretCache {
 impl Broker {
     fn kek(&self) -> Result<&Kek, AdminError> {
         self.kek.as_ref().ok_or_else(|| {
-            AdminError::Unavailable("no key-encryption key is configured, so secrets are off".into())
+            AdminError::Unavailable(
+                "no key-encryption key is configured, so secrets are off".into(),
+            )
         })
     }
 
@@ -82,7 +84,11 @@ impl Broker {
         e.actor = Some(p.name());
         e.resource = Some(format!("secret:{name}"));
         e.detail = serde_json::json!({ "version": version });
-        match self.store.commit(vec![Op::PutSecret(rec.clone()), Op::Audit(e)]).await {
+        match self
+            .store
+            .commit(vec![Op::PutSecret(rec.clone()), Op::Audit(e)])
+            .await
+        {
             Ok(_) => {}
             Err(StoreError::Conflict(_)) => {
                 return Err(AdminError::Conflict(format!(
@@ -108,7 +114,12 @@ impl Broker {
         e.actor = Some(p.name());
         e.resource = Some(format!("secret:{name}"));
         self.store
-            .commit(vec![Op::DeleteSecret { name: name.to_string() }, Op::Audit(e)])
+            .commit(vec![
+                Op::DeleteSecret {
+                    name: name.to_string(),
+                },
+                Op::Audit(e),
+            ])
             .await?;
         self.secret_cache
             .opened

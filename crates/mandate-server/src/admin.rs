@@ -54,6 +54,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/admin/v1/tasks/{id}", get(show_task))
         .route("/admin/v1/tasks/{id}/revoke", post(revoke_task))
         .route("/admin/v1/policies/reload", post(reload_policies))
+        .route("/admin/v1/secrets", get(list_secrets))
+        .route(
+            "/admin/v1/secrets/{name}",
+            axum::routing::put(set_secret).delete(delete_secret),
+        )
         .route("/admin/v1/approvals", get(list_approvals))
         .route("/admin/v1/approvals/{id}", get(show_approval))
         .route("/admin/v1/approvals/{id}/grant", post(grant_approval))
@@ -343,4 +348,39 @@ async fn deny_approval(
     body: Limited,
 ) -> Response {
     decide_approval(&s, &p, &id, false, body).await
+}
+
+async fn list_secrets(State(s): State<AppState>, Person(p): Person) -> Response {
+    ok(s.broker.secrets(&p).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretBody {
+    value: String,
+}
+
+async fn set_secret(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(name): Path<String>,
+    body: Limited,
+) -> Response {
+    let body: SecretBody = match json(&s, body, "/admin/v1/secrets/{name}").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let value = mandate_crypto::SecretString::new(body.value);
+    ok(s.broker.set_secret(&p, &name, &value).await)
+}
+
+async fn delete_secret(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(name): Path<String>,
+) -> Response {
+    ok(s.broker
+        .delete_secret(&p, &name)
+        .await
+        .map(|()| serde_json::json!({"deleted": name})))
 }

@@ -64,6 +64,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
             get(oauth::metadata),
         )
         .route("/.well-known/jwks.json", get(oauth::jwks))
+        .route(
+            "/oauth/authorize",
+            get(oauth::authorize).post(oauth::authorize),
+        )
         .route("/oauth/token", post(oauth::token))
         .route("/oauth/introspect", post(oauth::introspect))
         .route("/oauth/revoke", post(oauth::revoke))
@@ -85,13 +89,19 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves the application, plus `extra` routes (the gateway), on `listener` until `shutdown`
+/// resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     broker: Arc<Broker>,
+    extra: Option<Router>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(broker))
+    let app = match extra {
+        Some(extra) => extra.merge(router(broker)),
+        None => router(broker),
+    };
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

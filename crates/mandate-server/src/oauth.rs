@@ -15,6 +15,9 @@ pub(crate) async fn metadata(State(s): State<AppState>) -> Response {
     let algs = ["EdDSA", "ES256", "RS256"];
     axum::Json(serde_json::json!({
         "issuer": issuer,
+        // Agents use client credentials only; the authorization endpoint exists because RFC 8414
+        // requires it to be named (and common clients insist), and it refuses every request.
+        "authorization_endpoint": format!("{issuer}/oauth/authorize"),
         "token_endpoint": format!("{issuer}/oauth/token"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "introspection_endpoint": format!("{issuer}/oauth/introspect"),
@@ -165,4 +168,14 @@ pub(crate) async fn revoke(
         }
         Err(e) => oauth_error(e),
     }
+}
+
+/// The authorization endpoint: Mandate runs no interactive flows, so every request is refused
+/// with the RFC 6749 error for it.
+pub(crate) async fn authorize() -> Response {
+    json_error(
+        StatusCode::BAD_REQUEST,
+        "unsupported_response_type",
+        "Mandate issues task credentials to agents with the client_credentials grant only",
+    )
 }

@@ -74,6 +74,12 @@ impl AdminClient {
             .await
     }
 
+    /// PUT `body` as JSON to `path`.
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
     /// DELETE `path`.
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.http.delete(format!("{}{path}", self.base)))

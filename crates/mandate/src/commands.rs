@@ -818,3 +818,88 @@ fn show_approval(global: &Global, v: &Value) {
         ("used", time(v, "used_at")),
     ]);
 }
+
+/// Secret commands.
+#[derive(Subcommand, Debug)]
+pub enum SecretCmd {
+    /// Set or rotate a brokered secret. The value is read from standard input (or `--file`),
+    /// never from the command line. Upstreams that use it pick up the new value without a
+    /// restart of the broker.
+    Set {
+        /// Name, e.g. `github_token`; referenced in the gateway config as `${secret:NAME}`.
+        name: String,
+        /// Read the value from this file instead of standard input.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// List secrets: names, versions, times (never values).
+    List,
+    /// Delete a secret.
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+pub async fn secret(global: &Global, settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
+    let c = admin(global, settings)?;
+    match cmd {
+        SecretCmd::Set { name, file } => {
+            use std::io::Read;
+            let mut value = String::new();
+            match &file {
+                Some(f) => {
+                    value = std::fs::read_to_string(f)
+                        .with_context(|| format!("cannot read `{}`", f.display()))?;
+                }
+                None => {
+                    std::io::stdin()
+                        .take(64 * 1024 + 1)
+                        .read_to_string(&mut value)
+                        .context("cannot read the value from standard input")?;
+                }
+            }
+            // One trailing newline is an artefact of `echo` and files, not part of the secret.
+            let value = value.strip_suffix('\n').unwrap_or(&value);
+            let value = value.strip_suffix('\r').unwrap_or(value);
+            if value.is_empty() {
+                bail!("the secret's value is empty");
+            }
+            let v = c
+                .put(
+                    &format!("/admin/v1/secrets/{}", seg(&name)),
+                    &json!({"value": value}),
+                )
+                .await?;
+            if global.json {
+                output::json(&v);
+            } else {
+                println!("secret {name} set (version {})", field(&v, "version"));
+            }
+        }
+        SecretCmd::List => {
+            let v = c.get("/admin/v1/secrets").await?;
+            if global.json {
+                output::json(&v);
+            } else {
+                let rows = list(&v)
+                    .map(|s| {
+                        vec![
+                            field(s, "name"),
+                            field(s, "version"),
+                            time(s, "created_at"),
+                            time(s, "updated_at"),
+                        ]
+                    })
+                    .collect();
+                output::table(&["SECRET", "VERSION", "CREATED", "ROTATED"], rows);
+            }
+        }
+        SecretCmd::Delete { name } => {
+            c.delete(&format!("/admin/v1/secrets/{}", seg(&name)))
+                .await?;
+            println!("deleted secret {name}");
+        }
+    }
+    Ok(())
+}

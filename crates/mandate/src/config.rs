@@ -33,6 +33,8 @@ struct RawConfig {
     #[serde(default)]
     approvals: RawApprovals,
     #[serde(default)]
+    gateway: Option<mandate_gateway::GatewayConfig>,
+    #[serde(default)]
     log: RawLog,
 }
 
@@ -153,6 +155,9 @@ pub struct Settings {
     pub approval_ttl: i64,
     pub approval_max_wait: i64,
     pub webhook: Option<mandate_broker::Webhook>,
+    pub gateway: Option<mandate_gateway::GatewayConfig>,
+    /// The key-encryption key for brokered secrets, from `MANDATE_KEK` (else the data dir's).
+    pub kek_env: Option<String>,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -302,6 +307,14 @@ impl Settings {
             )?,
             approval_max_wait: a.max_wait_seconds.unwrap_or(60).clamp(0, 600),
             webhook,
+            gateway: match raw.gateway {
+                Some(g) => {
+                    mandate_gateway::config::check(&g).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    Some(g)
+                }
+                None => None,
+            },
+            kek_env: env("MANDATE_KEK"),
             jwks_cache_seconds: positive(
                 "attestation.jwks_cache_seconds",
                 raw.attestation.jwks_cache_seconds.unwrap_or(300),

@@ -91,6 +91,26 @@ pub fn signing_key(data_dir: &Path) -> anyhow::Result<SigningKey> {
     Ok(key)
 }
 
+/// The key-encryption key for brokered secrets: `MANDATE_KEK` (base64) when set, else
+/// `keys/secrets.kek` in the data directory, generated (mode 0600) on first start.
+pub fn kek(data_dir: &Path, from_env: Option<&str>) -> anyhow::Result<mandate_crypto::seal::Kek> {
+    use mandate_crypto::seal::Kek;
+    if let Some(text) = from_env {
+        return Kek::from_base64(text).map_err(|e| anyhow::anyhow!("MANDATE_KEK: {e}"));
+    }
+    let dir = data_dir.join("keys");
+    ensure(&dir)?;
+    let path = dir.join("secrets.kek");
+    if path.exists() {
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        return Kek::from_base64(&text).map_err(|e| anyhow::anyhow!("`{}`: {e}", path.display()));
+    }
+    let kek = Kek::generate();
+    write_private(&path, kek.to_base64().expose().as_bytes())?;
+    Ok(kek)
+}
+
 /// Writes the shipped policy pack into `dir` if it does not exist yet.
 pub fn seed_policies(dir: &Path) -> anyhow::Result<bool> {
     if dir.exists() {

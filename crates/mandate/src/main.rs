@@ -73,6 +73,9 @@ enum Command {
     /// List and decide approval requests (human approval of single calls).
     #[command(subcommand)]
     Approval(commands::ApprovalCmd),
+    /// Manage brokered secrets: values the gateway injects upstream and agents never see.
+    #[command(subcommand)]
+    Secret(commands::SecretCmd),
     /// Verify, trace and export the audit trail (reads the store directly).
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -146,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Task(c) => commands::task(&cli.global, &settings()?, c).await,
         Command::Policy(c) => commands::policy(&cli.global, &settings()?, c).await,
         Command::Approval(c) => commands::approval(&cli.global, &settings()?, c).await,
+        Command::Secret(c) => commands::secret(&cli.global, &settings()?, c).await,
         Command::Audit(c) => audit::run(&cli.global, &settings()?, c).await,
     }
 }

@@ -72,16 +72,31 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     cfg.approval_ttl = settings.approval_ttl;
     cfg.approval_max_wait = settings.approval_max_wait;
     cfg.webhook = settings.webhook.clone();
-    let broker = Broker::start(cfg, store, KeyRing::new(key), Arc::new(SystemClock))
+    let mut broker = Broker::start(cfg, store, KeyRing::new(key), Arc::new(SystemClock))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let kek = datadir::kek(&settings.data_dir, settings.kek_env.as_deref())?;
+    broker.set_kek(kek).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let gateway = match &settings.gateway {
+        Some(g) => Some(
+            mandate_gateway::Gateway::start(broker.clone(), g.clone())
+                .map_err(|e| anyhow::anyhow!("gateway: {e}"))?,
+        ),
+        None => None,
+    };
     let admin_token_file = datadir::bootstrap_admin(&broker, &settings.data_dir).await?;
     let (stop, mut stopped) = watch::channel(false);
     spawn_upkeep(broker.clone(), stopped.clone());
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
-    let server = tokio::spawn(mandate_server::serve(listener, broker.clone(), shutdown));
+    let extra = gateway.as_ref().map(|g| g.routes());
+    let server = tokio::spawn(mandate_server::serve(
+        listener,
+        broker.clone(),
+        extra,
+        shutdown,
+    ));
     Ok(Running {
         issuer,
         broker,

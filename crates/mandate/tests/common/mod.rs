@@ -27,6 +27,34 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_mandate")
 }
 
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The Python of the test environment (installed by `scripts/setup-test-deps`).
+pub fn python() -> PathBuf {
+    let p = std::env::var("MANDATE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join(".test-deps/venv/bin/python"));
+    assert!(
+        p.exists(),
+        "python test environment missing at {}: run scripts/setup-test-deps",
+        p.display()
+    );
+    p
+}
+
+/// An installed npm package's directory (installed by `scripts/setup-test-deps`).
+pub fn npm_package(name: &str) -> PathBuf {
+    let p = repo().join(".test-deps/node/node_modules").join(name);
+    assert!(
+        p.exists(),
+        "npm package {name} missing: run scripts/setup-test-deps"
+    );
+    p
+}
+
 /// A running broker process.
 pub struct Broker {
     pub url: String,
@@ -46,6 +74,15 @@ impl Drop for Broker {
 }
 
 async fn spawn(dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
+    spawn_logged(dir, listen, extra, None).await
+}
+
+async fn spawn_logged(
+    dir: &Path,
+    listen: &str,
+    extra: &[String],
+    log: Option<&Path>,
+) -> (Child, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut cmd = Command::new(bin());
     cmd.arg("serve")
@@ -54,10 +91,13 @@ async fn spawn(dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
         .arg("--listen")
         .arg(listen)
         .args(extra)
-        .env("MANDATE_LOG", "warn")
+        .env("MANDATE_LOG", if log.is_some() { "debug" } else { "warn" })
         .env_remove("MANDATE_CONFIG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(match log {
+            Some(p) => Stdio::from(std::fs::File::create(p).expect("log file")),
+            None => Stdio::inherit(),
+        })
         .kill_on_drop(true);
     let mut child = cmd.spawn().expect("spawn mandate serve");
     let stdout = child.stdout.take().expect("stdout");
@@ -83,9 +123,14 @@ impl Broker {
     }
 
     pub async fn start_with(extra: &[&str]) -> Self {
+        Self::start_logged(extra, None).await
+    }
+
+    /// Starts with debug logs written to `log`.
+    pub async fn start_logged(extra: &[&str], log: Option<&Path>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, url) = spawn(dir.path(), "127.0.0.1:0", &extra).await;
+        let (child, url) = spawn_logged(dir.path(), "127.0.0.1:0", &extra, log).await;
         let admin_token = std::fs::read_to_string(dir.path().join("admin.token"))
             .expect("bootstrap token")
             .trim()
