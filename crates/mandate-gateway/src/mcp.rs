@@ -180,7 +180,23 @@ fn credential(gw: &Gateway, headers: &HeaderMap) -> Option<(String, Option<DpopI
     Some((token.trim().to_string(), proof, dpop_scheme))
 }
 
+/// Whether a browser `Origin` may talk to the gateway: none (not a browser), or the gateway's
+/// own origin. Anything else is refused, against DNS rebinding (MCP transport spec).
+fn origin_allowed(gw: &Gateway, headers: &HeaderMap) -> bool {
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(origin) => origin.trim_end_matches('/') == gw.broker.config().issuer.trim_end_matches('/'),
+    }
+}
+
 async fn handle(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !origin_allowed(&gw, &headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            reply(rpc_error(&Value::Null, -32600, "requests from this origin are refused", None)),
+        )
+            .into_response();
+    }
     if let Some(v) = headers
         .get("mcp-protocol-version")
         .and_then(|v| v.to_str().ok())

@@ -374,5 +374,16 @@ async fn unauthenticated_mcp_requests_point_at_the_metadata() {
         .await
         .unwrap();
     assert_eq!(meta["resource"], format!("{}/mcp", b.url));
+    // A page on another origin cannot reach the gateway through the agent's browser.
+    let r = b
+        .http
+        .post(format!("{}/mcp", b.url))
+        .header("origin", "http://evil.example")
+        .bearer_auth("whatever")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
     assert_eq!(meta["authorization_servers"], json!([b.url]));
 }

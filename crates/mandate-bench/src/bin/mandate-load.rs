@@ -31,6 +31,15 @@ enum Scenario {
     Authzen,
     /// `POST /oauth/token`: one new task per request, each with a fresh client assertion.
     Token,
+    /// MCP `tools/call get-sum` straight to an MCP server at `--target` (no Mandate).
+    McpDirect,
+    /// MCP `tools/call everything.get-sum` through the gateway's `/mcp` (the spawned broker's
+    /// config must front an upstream named `everything`).
+    McpGateway,
+    /// `GET --target` straight to an HTTP API (no Mandate).
+    HttpDirect,
+    /// `GET /http/api/items/1` through the gateway's reverse proxy (an API named `api`).
+    HttpGateway,
 }
 
 /// Load harness for Mandate.
@@ -63,6 +72,13 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// The upstream for the direct scenarios.
+    #[arg(long)]
+    target: Option<String>,
+    /// Serve a tiny HTTP API on this port (`GET /items/{id}`) until interrupted, and do nothing
+    /// else: the fast upstream of the HTTP gateway benchmark.
+    #[arg(long)]
+    serve_api: Option<u16>,
     /// Only register the agent and open a task on the targeted broker, print its credential, and
     /// exit (for driving the load with another tool, e.g. wrk).
     #[arg(long, requires = "url")]
@@ -176,7 +192,7 @@ async fn open_task(
             ("grant_type", "client_credentials"),
             ("client_assertion_type", JWT_BEARER),
             ("client_assertion", a.as_str()),
-            ("scope", "read:data"),
+            ("scope", "read:data call:everything.get-sum read:item:1"),
         ])
         .send()
         .await?)
@@ -191,6 +207,12 @@ struct Totals {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Some(port) = args.serve_api {
+        return serve_api(port).await;
+    }
+    if matches!(args.scenario, Scenario::McpDirect | Scenario::HttpDirect) {
+        return direct(&args).await;
+    }
     let setup = reqwest::Client::new();
     let (_server, url, admin_token) = match (&args.url, &args.token_file) {
         (Some(u), Some(f)) => (
@@ -219,7 +241,8 @@ async fn main() -> anyhow::Result<()> {
         &url,
         &admin_token,
         "/admin/v1/agents",
-        json!({"id": agent_id, "owner": "bench", "tier": "low", "envelope": "read:data",
+        json!({"id": agent_id, "owner": "bench", "tier": "low",
+               "envelope": "read:data call:everything.get-sum read:item:1",
                "attestations": [{"type": "private_key_jwt", "public_key": key.public_key()}]}),
     )
     .await?;
@@ -298,12 +321,30 @@ async fn main() -> anyhow::Result<()> {
                             continue;
                         }
                     },
+                    Scenario::McpGateway => {
+                        client
+                            .post(format!("{url}/mcp"))
+                            .bearer_auth(&token)
+                            .header("content-type", "application/json")
+                            .header("accept", "application/json, text/event-stream")
+                            .body(mcp_call("everything.get-sum"))
+                            .send()
+                            .await
+                    }
+                    Scenario::HttpGateway => {
+                        client
+                            .get(format!("{url}/http/api/items/1"))
+                            .bearer_auth(&token)
+                            .send()
+                            .await
+                    }
+                    Scenario::McpDirect | Scenario::HttpDirect => continue,
                 };
                 let ok = match sent {
                     Ok(r) => {
                         let good = r.status().is_success();
-                        let _ = r.bytes().await;
-                        good
+                        let body = r.bytes().await.unwrap_or_default();
+                        good && !body.windows(8).any(|w| w == b"\"error\":")
                     }
                     Err(_) => false,
                 };
@@ -335,35 +376,162 @@ async fn main() -> anyhow::Result<()> {
             all.add(&h)?;
         }
     }
-    let ok = totals.ok.load(Ordering::Relaxed);
-    let errors = totals.errors.load(Ordering::Relaxed);
+    print_report(
+        &args,
+        &all,
+        totals.ok.load(Ordering::Relaxed),
+        totals.errors.load(Ordering::Relaxed),
+        elapsed,
+    );
+    Ok(())
+}
+
+fn mcp_call(tool: &str) -> String {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+           "params": {"name": tool, "arguments": {"a": 1, "b": 2}}})
+    .to_string()
+}
+
+/// The tiny API the HTTP gateway benchmark fronts.
+async fn serve_api(port: u16) -> anyhow::Result<()> {
+    let app = axum::Router::new().route(
+        "/items/{id}",
+        axum::routing::get(|axum::extract::Path(id): axum::extract::Path<String>| async move {
+            axum::Json(json!({"id": id, "name": "widget", "price": 12}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// The direct baselines: the same load with no Mandate in the path.
+async fn direct(args: &Args) -> anyhow::Result<()> {
+    let target = args.target.clone().context("--target is required for direct scenarios")?;
+    let mut session = None;
+    if args.scenario == Scenario::McpDirect {
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "mandate-load", "version": "0"}}});
+        let r = reqwest::Client::new()
+            .post(&target)
+            .header("accept", "application/json, text/event-stream")
+            .json(&init)
+            .send()
+            .await?;
+        session = r
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let _ = r.bytes().await;
+        if let Some(s) = &session {
+            let _ = reqwest::Client::new()
+                .post(&target)
+                .header("mcp-session-id", s)
+                .header("accept", "application/json, text/event-stream")
+                .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+                .send()
+                .await;
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let totals = Arc::new(Totals { ok: AtomicU64::new(0), errors: AtomicU64::new(0) });
+    let per_conn_interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(args.connections as f64 / r.max(1) as f64));
+    let mut workers = Vec::new();
+    for _ in 0..args.connections {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+        let (target, session) = (target.clone(), session.clone());
+        let (stop, measuring, totals) = (stop.clone(), measuring.clone(), totals.clone());
+        let scenario = args.scenario;
+        workers.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(i) = per_conn_interval {
+                    next += i;
+                    let now = Instant::now();
+                    if next > now {
+                        tokio::time::sleep(next - now).await;
+                    }
+                }
+                let started = Instant::now();
+                let req = if scenario == Scenario::McpDirect {
+                    let mut r = client
+                        .post(&target)
+                        .header("content-type", "application/json")
+                        .header("accept", "application/json, text/event-stream")
+                        .body(mcp_call("get-sum"));
+                    if let Some(s) = &session {
+                        r = r.header("mcp-session-id", s);
+                    }
+                    r
+                } else {
+                    client.get(&target)
+                };
+                let ok = match req.send().await {
+                    Ok(r) => {
+                        let good = r.status().is_success();
+                        let body = r.bytes().await.unwrap_or_default();
+                        good && !body.windows(8).any(|w| w == b"\"error\":")
+                    }
+                    Err(_) => false,
+                };
+                if measuring.load(Ordering::Relaxed) {
+                    let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    if ok {
+                        totals.ok.fetch_add(1, Ordering::Relaxed);
+                        if let Some(h) = hist.as_mut() {
+                            let _ = h.record(us.max(1));
+                        }
+                    } else {
+                        totals.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            hist
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let began = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = began.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for w in workers {
+        if let Some(h) = w.await? {
+            all.add(&h)?;
+        }
+    }
+    print_report(args, &all, totals.ok.load(Ordering::Relaxed), totals.errors.load(Ordering::Relaxed), elapsed);
+    Ok(())
+}
+
+fn print_report(args: &Args, all: &Histogram<u64>, ok: u64, errors: u64, elapsed: f64) {
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
-    let report = json!({
-        "scenario": format!("{:?}", args.scenario).to_lowercase(),
-        "connections": args.connections,
-        "seconds": elapsed,
-        "requests": ok,
-        "errors": errors,
-        "per_second": ok as f64 / elapsed,
-        "p50_ms": ms(0.50),
-        "p90_ms": ms(0.90),
-        "p99_ms": ms(0.99),
-        "max_ms": all.max() as f64 / 1000.0,
-    });
+    let name = format!("{:?}", args.scenario).to_lowercase();
     if args.json {
-        println!("{report}");
+        println!(
+            "{}",
+            json!({"scenario": name, "connections": args.connections, "seconds": elapsed,
+                   "requests": ok, "errors": errors, "per_second": ok as f64 / elapsed,
+                   "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99),
+                   "max_ms": all.max() as f64 / 1000.0})
+        );
     } else {
         println!(
-            "{:<8} conns {:>3}  {:>9.0} req/s  p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  max {:>8.3} ms  errors {}",
-            report.get("scenario").and_then(Value::as_str).unwrap_or(""),
+            "{name:<12} conns {:>3}  {:>9.0} req/s  p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  max {:>8.3} ms  errors {errors}",
             args.connections,
             ok as f64 / elapsed,
             ms(0.50),
             ms(0.90),
             ms(0.99),
             all.max() as f64 / 1000.0,
-            errors
         );
     }
-    Ok(())
 }
