@@ -31,6 +31,8 @@ enum Scenario {
     Authzen,
     /// `POST /oauth/token`: one new task per request, each with a fresh client assertion.
     Token,
+    /// `GET /healthz`: the HTTP floor of the same server (no credential, no policy, no store).
+    Healthz,
     /// MCP `tools/call get-sum` straight to an MCP server at `--target` (no Mandate).
     McpDirect,
     /// MCP `tools/call everything.get-sum` through the gateway's `/mcp` (the spawned broker's
@@ -69,6 +71,10 @@ struct Args {
     /// Admin API token of the targeted broker.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// The process id of a server this harness did not spawn, to report its CPU time per request
+    /// (Linux `/proc`); a spawned server is accounted without it.
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -214,7 +220,7 @@ async fn main() -> anyhow::Result<()> {
         return direct(&args).await;
     }
     let setup = reqwest::Client::new();
-    let (_server, url, admin_token) = match (&args.url, &args.token_file) {
+    let (server, url, admin_token) = match (&args.url, &args.token_file) {
         (Some(u), Some(f)) => (
             None,
             u.clone(),
@@ -288,14 +294,22 @@ async fn main() -> anyhow::Result<()> {
             .to_string();
             let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                if let Some(i) = per_conn_interval {
-                    next += i;
-                    let now = Instant::now();
-                    if next > now {
-                        tokio::time::sleep(next - now).await;
+                // At a fixed rate, a worker that is behind schedule counts latency from when the
+                // request was due, not from when it got to send it (no coordinated omission); one
+                // on time counts from when it woke (tokio's timer is coarser than the latencies).
+                let started = match per_conn_interval {
+                    Some(i) => {
+                        next += i;
+                        let now = Instant::now();
+                        if next > now {
+                            tokio::time::sleep(next - now).await;
+                            Instant::now()
+                        } else {
+                            next
+                        }
                     }
-                }
-                let started = Instant::now();
+                    None => Instant::now(),
+                };
                 let sent = match scenario {
                     Scenario::Decide => {
                         client
@@ -317,10 +331,13 @@ async fn main() -> anyhow::Result<()> {
                     Scenario::Token => match open_task(&client, &url, &agent_id, &key).await {
                         Ok(r) => Ok(r),
                         Err(_) => {
-                            totals.errors.fetch_add(1, Ordering::Relaxed);
+                            if measuring.load(Ordering::Relaxed) {
+                                totals.errors.fetch_add(1, Ordering::Relaxed);
+                            }
                             continue;
                         }
                     },
+                    Scenario::Healthz => client.get(format!("{url}/healthz")).send().await,
                     Scenario::McpGateway => {
                         client
                             .post(format!("{url}/mcp"))
@@ -363,12 +380,18 @@ async fn main() -> anyhow::Result<()> {
             hist
         }));
     }
+    let server_pid = server
+        .as_ref()
+        .and_then(|s| s.child.id())
+        .or(args.server_pid);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu_before = CpuSample::take(server_pid);
     measuring.store(true, Ordering::Relaxed);
     let began = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = began.elapsed().as_secs_f64();
+    let cpu = CpuSample::take(server_pid).since(&cpu_before);
     stop.store(true, Ordering::Relaxed);
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for w in workers {
@@ -382,6 +405,7 @@ async fn main() -> anyhow::Result<()> {
         totals.ok.load(Ordering::Relaxed),
         totals.errors.load(Ordering::Relaxed),
         elapsed,
+        cpu,
     );
     Ok(())
 }
@@ -396,9 +420,11 @@ fn mcp_call(tool: &str) -> String {
 async fn serve_api(port: u16) -> anyhow::Result<()> {
     let app = axum::Router::new().route(
         "/items/{id}",
-        axum::routing::get(|axum::extract::Path(id): axum::extract::Path<String>| async move {
-            axum::Json(json!({"id": id, "name": "widget", "price": 12}))
-        }),
+        axum::routing::get(
+            |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                axum::Json(json!({"id": id, "name": "widget", "price": 12}))
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     axum::serve(listener, app).await?;
@@ -407,7 +433,10 @@ async fn serve_api(port: u16) -> anyhow::Result<()> {
 
 /// The direct baselines: the same load with no Mandate in the path.
 async fn direct(args: &Args) -> anyhow::Result<()> {
-    let target = args.target.clone().context("--target is required for direct scenarios")?;
+    let target = args
+        .target
+        .clone()
+        .context("--target is required for direct scenarios")?;
     let mut session = None;
     if args.scenario == Scenario::McpDirect {
         let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
@@ -437,13 +466,18 @@ async fn direct(args: &Args) -> anyhow::Result<()> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
-    let totals = Arc::new(Totals { ok: AtomicU64::new(0), errors: AtomicU64::new(0) });
+    let totals = Arc::new(Totals {
+        ok: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
     let per_conn_interval = args
         .rate
         .map(|r| Duration::from_secs_f64(args.connections as f64 / r.max(1) as f64));
     let mut workers = Vec::new();
     for _ in 0..args.connections {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()?;
         let (target, session) = (target.clone(), session.clone());
         let (stop, measuring, totals) = (stop.clone(), measuring.clone(), totals.clone());
         let scenario = args.scenario;
@@ -451,14 +485,22 @@ async fn direct(args: &Args) -> anyhow::Result<()> {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
             let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                if let Some(i) = per_conn_interval {
-                    next += i;
-                    let now = Instant::now();
-                    if next > now {
-                        tokio::time::sleep(next - now).await;
+                // At a fixed rate, a worker that is behind schedule counts latency from when the
+                // request was due, not from when it got to send it (no coordinated omission); one
+                // on time counts from when it woke (tokio's timer is coarser than the latencies).
+                let started = match per_conn_interval {
+                    Some(i) => {
+                        next += i;
+                        let now = Instant::now();
+                        if next > now {
+                            tokio::time::sleep(next - now).await;
+                            Instant::now()
+                        } else {
+                            next
+                        }
                     }
-                }
-                let started = Instant::now();
+                    None => Instant::now(),
+                };
                 let req = if scenario == Scenario::McpDirect {
                     let mut r = client
                         .post(&target)
@@ -496,11 +538,13 @@ async fn direct(args: &Args) -> anyhow::Result<()> {
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu_before = CpuSample::take(args.server_pid);
     measuring.store(true, Ordering::Relaxed);
     let began = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = began.elapsed().as_secs_f64();
+    let cpu = CpuSample::take(args.server_pid).since(&cpu_before);
     stop.store(true, Ordering::Relaxed);
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for w in workers {
@@ -508,30 +552,90 @@ async fn direct(args: &Args) -> anyhow::Result<()> {
             all.add(&h)?;
         }
     }
-    print_report(args, &all, totals.ok.load(Ordering::Relaxed), totals.errors.load(Ordering::Relaxed), elapsed);
+    print_report(
+        args,
+        &all,
+        totals.ok.load(Ordering::Relaxed),
+        totals.errors.load(Ordering::Relaxed),
+        elapsed,
+        cpu,
+    );
     Ok(())
 }
 
-fn print_report(args: &Args, all: &Histogram<u64>, ok: u64, errors: u64, elapsed: f64) {
+/// CPU seconds (user + system) used so far by this process and, when known, the server.
+struct CpuSample {
+    server: Option<f64>,
+    client: Option<f64>,
+}
+
+impl CpuSample {
+    fn take(server_pid: Option<u32>) -> Self {
+        Self {
+            server: server_pid.and_then(|p| cpu_seconds(&format!("/proc/{p}/stat"))),
+            client: cpu_seconds("/proc/self/stat"),
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        let d = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
+        Self {
+            server: d(self.server, before.server),
+            client: d(self.client, before.client),
+        }
+    }
+}
+
+/// utime + stime of `/proc/<pid>/stat`, in seconds (Linux; clock ticks of 1/100 s).
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3 (state);
+    // utime and stime are fields 14 and 15.
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+fn print_report(
+    args: &Args,
+    all: &Histogram<u64>,
+    ok: u64,
+    errors: u64,
+    elapsed: f64,
+    cpu: CpuSample,
+) {
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
     let name = format!("{:?}", args.scenario).to_lowercase();
+    let done = (ok + errors).max(1) as f64;
+    // CPU microseconds per request (answered or failed), for the server and this harness.
+    let per_req = |s: Option<f64>| s.map(|s| s * 1e6 / done);
     if args.json {
         println!(
             "{}",
-            json!({"scenario": name, "connections": args.connections, "seconds": elapsed,
-                   "requests": ok, "errors": errors, "per_second": ok as f64 / elapsed,
+            json!({"scenario": name, "connections": args.connections, "rate": args.rate,
+                   "seconds": elapsed, "requests": ok, "errors": errors,
+                   "per_second": ok as f64 / elapsed,
                    "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99),
-                   "max_ms": all.max() as f64 / 1000.0})
+                   "max_ms": all.max() as f64 / 1000.0,
+                   "server_cpu_us_per_request": per_req(cpu.server),
+                   "client_cpu_us_per_request": per_req(cpu.client),
+                   "server_cores_busy": cpu.server.map(|s| s / elapsed),
+                   "client_cores_busy": cpu.client.map(|s| s / elapsed)})
         );
     } else {
+        let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
         println!(
-            "{name:<12} conns {:>3}  {:>9.0} req/s  p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  max {:>8.3} ms  errors {errors}",
+            "{name:<12} conns {:>3}  {:>9.0} req/s  p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  max {:>8.3} ms  errors {errors}  cpu/req server {} µs client {} µs",
             args.connections,
             ok as f64 / elapsed,
             ms(0.50),
             ms(0.90),
             ms(0.99),
             all.max() as f64 / 1000.0,
+            fmt(per_req(cpu.server)),
+            fmt(per_req(cpu.client)),
         );
     }
 }
