@@ -109,6 +109,12 @@ pub struct PendingAudit {
     ops: Vec<Op>,
 }
 
+impl PendingAudit {
+    pub(crate) fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+}
+
 /// DPoP proofs seen recently, to refuse their replay.
 #[derive(Debug, Default)]
 pub(crate) struct ReplayCache {

@@ -84,31 +84,31 @@ impl Broker {
         self.record_report(&claims.task_id, &entry, input).await
     }
 
-    /// Records what a call returned for a task, on behalf of an enforcement point in this
-    /// process that has already checked the credential (the gateway).
-    pub async fn report_for_task(
+    /// Records what a call returned, on behalf of an enforcement point in this process that
+    /// decided the call with [`Broker::decide_pending`] and records both at once: the labels
+    /// change in memory now, and the task's new labels are written with the call's audit event
+    /// when `pending` is committed.
+    pub fn note_output(
         &self,
+        pending: &mut crate::decide::PendingAudit,
         task_id: &str,
         input: &ReportInput,
-    ) -> Result<ReportOutcome, DecideError> {
-        let entry = self
-            .inventory
-            .task(task_id)
-            .ok_or_else(|| DecideError::InvalidToken(format!("task `{task_id}` is not known")))?;
-        self.record_report(task_id, &entry, input).await
+    ) -> Option<ReportOutcome> {
+        let entry = self.inventory.task(task_id)?;
+        let (outcome, snapshot) = self.apply_report(task_id, &entry, input);
+        if let Some(t) = snapshot {
+            pending.push(Op::UpdateTask(t));
+        }
+        Some(outcome)
     }
 
-    async fn record_report(
+    /// Changes the task's labels; returns the task to write back when they changed.
+    fn apply_report(
         &self,
         task_id: &str,
-        entry: &std::sync::Arc<crate::state::TaskEntry>,
+        entry: &crate::state::TaskEntry,
         input: &ReportInput,
-    ) -> Result<ReportOutcome, DecideError> {
-        let label = input
-            .target
-            .as_ref()
-            .map(target_label)
-            .unwrap_or_else(|| "-".into());
+    ) -> (ReportOutcome, Option<mandate_core::Task>) {
         let third_party = input.third_party
             || input.target.as_ref().is_some_and(|t| {
                 self.policy
@@ -122,38 +122,55 @@ impl Broker {
             .as_ref()
             .map(|t| t.id.clone())
             .unwrap_or_else(|| "reported".into());
-        let (added, remembered, snapshot, mut e) = {
-            let mut task = entry.write();
-            let added = task.flow.record_read(&input.data_classes);
-            let remembered = match (&input.output, third_party) {
-                (Some(text), true) => task.provenance.remember(text, &source),
-                _ => 0,
-            };
-            let mut e = self.event(EventKind::FlowReported);
+        let mut task = entry.write();
+        let added = task.flow.record_read(&input.data_classes);
+        let remembered = match (&input.output, third_party) {
+            (Some(text), true) => task.provenance.remember(text, &source),
+            _ => 0,
+        };
+        let changed = !added.is_empty() || remembered > 0;
+        let outcome = ReportOutcome {
+            task_id: task_id.to_string(),
+            added,
+            data_read: task.flow.data_read.iter().cloned().collect(),
+            remembered,
+        };
+        (outcome, changed.then(|| task.clone()))
+    }
+
+    async fn record_report(
+        &self,
+        task_id: &str,
+        entry: &std::sync::Arc<crate::state::TaskEntry>,
+        input: &ReportInput,
+    ) -> Result<ReportOutcome, DecideError> {
+        let label = input
+            .target
+            .as_ref()
+            .map(target_label)
+            .unwrap_or_else(|| "-".into());
+        let (outcome, snapshot) = self.apply_report(task_id, entry, input);
+        let mut e = self.event(EventKind::FlowReported);
+        {
+            let task = entry.read();
             e.agent = Some(task.agent.to_string());
             e.owner = task.owner.as_ref().map(ToString::to_string);
             e.task = Some(task.id.to_string());
             e.intent = Some(task.intent.text.clone());
-            (added, remembered, task.clone(), e)
-        };
+        }
         e.resource = Some(label);
         e.detail = serde_json::json!({
             "reported": input.data_classes,
-            "flow_added": added,
-            "third_party_values": remembered,
+            "flow_added": outcome.added,
+            "third_party_values": outcome.remembered,
         });
         let mut ops = vec![Op::Audit(e)];
-        if !added.is_empty() || remembered > 0 {
-            ops.push(Op::UpdateTask(snapshot.clone()));
+        if let Some(t) = snapshot {
+            ops.push(Op::UpdateTask(t));
         }
         self.store.commit(ops).await.map_err(|e| {
             DecideError::Unavailable(format!("the report could not be recorded: {e}"))
         })?;
-        Ok(ReportOutcome {
-            task_id: task_id.to_string(),
-            added,
-            data_read: snapshot.flow.data_read.iter().cloned().collect(),
-            remembered,
-        })
+        Ok(outcome)
     }
 }

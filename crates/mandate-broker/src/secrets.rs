@@ -36,7 +36,13 @@ pub fn check_secret_name(name: &str) -> Result<(), AdminError> {
 #[derive(Default)]
 pub(crate) struct SecretCache {
     opened: Mutex<HashMap<String, (i64, SecretString)>>,
+    /// When each cached value was last checked against the store.
+    checked: Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// How long a cached secret is used before its version is checked against the store again
+/// (a rotation made by another replica is seen within this time; one made here at once).
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl std::fmt::Debug for SecretCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,6 +108,11 @@ impl Broker {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.to_string(), (version, value.clone()));
+        self.secret_cache
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_string(), std::time::Instant::now());
         self.secret_changes.send_modify(|n| *n += 1);
         Ok(rec)
     }
@@ -126,6 +137,11 @@ impl Broker {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(name);
+        self.secret_cache
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
         self.secret_changes.send_modify(|n| *n += 1);
         Ok(())
     }
@@ -138,6 +154,23 @@ impl Broker {
 
     /// A secret's current value, for injection upstream. Only the gateway calls this.
     pub async fn secret_value(&self, name: &str) -> Result<SecretString, String> {
+        let fresh = self
+            .secret_cache
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .is_some_and(|t| t.elapsed() < RECHECK);
+        if fresh
+            && let Some((_, value)) = self
+                .secret_cache
+                .opened
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(name)
+        {
+            return Ok(value.clone());
+        }
         let rec = self
             .store
             .secret(name)
@@ -152,6 +185,11 @@ impl Broker {
             .get(name)
             && *v == rec.version
         {
+            self.secret_cache
+                .checked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(name.to_string(), std::time::Instant::now());
             return Ok(value.clone());
         }
         let kek = self.kek().map_err(|e| e.to_string())?;
@@ -170,6 +208,11 @@ impl Broker {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.to_string(), (rec.version, value.clone()));
+        self.secret_cache
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_string(), std::time::Instant::now());
         Ok(value)
     }
 

@@ -185,7 +185,9 @@ fn credential(gw: &Gateway, headers: &HeaderMap) -> Option<(String, Option<DpopI
 fn origin_allowed(gw: &Gateway, headers: &HeaderMap) -> bool {
     match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         None => true,
-        Some(origin) => origin.trim_end_matches('/') == gw.broker.config().issuer.trim_end_matches('/'),
+        Some(origin) => {
+            origin.trim_end_matches('/') == gw.broker.config().issuer.trim_end_matches('/')
+        }
     }
 }
 
@@ -193,7 +195,12 @@ async fn handle(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes)
     if !origin_allowed(&gw, &headers) {
         return (
             StatusCode::FORBIDDEN,
-            reply(rpc_error(&Value::Null, -32600, "requests from this origin are refused", None)),
+            reply(rpc_error(
+                &Value::Null,
+                -32600,
+                "requests from this origin are refused",
+                None,
+            )),
         )
             .into_response();
     }
@@ -549,7 +556,7 @@ async fn call(
         approval_id,
         wait: gw.cfg.approval_wait_seconds,
     };
-    let (outcome, pending) = match gw.broker.decide_pending_checked(&input, task_id).await {
+    let (outcome, mut pending) = match gw.broker.decide_pending_checked(&input, task_id).await {
         Ok(v) => v,
         Err(e) => return Err(refusal(gw, e, dpop_scheme)),
     };
@@ -626,8 +633,10 @@ async fn call(
                 ),
                 third_party: false,
             };
-            if let Err(e) = gw.broker.report_for_task(task_id, &report).await {
-                tracing::warn!(error = %e, "could not record what the upstream returned");
+            if let Some(noted) = gw.broker.note_output(&mut pending, task_id, &report)
+                && noted.remembered > 0
+            {
+                detail.insert("third_party_values".into(), json!(noted.remembered));
             }
             if !classes.is_empty() {
                 detail.insert("classified".into(), json!(classes));

@@ -149,7 +149,7 @@ async fn proxy(
             .map(str::to_string),
         wait: gw.cfg.approval_wait_seconds,
     };
-    let (outcome, pending) = match gw.broker.decide_pending(&input).await {
+    let (outcome, mut pending) = match gw.broker.decide_pending(&input).await {
         Ok(v) => v,
         Err(DecideError::InvalidToken(m)) | Err(DecideError::InvalidDpopProof(m)) => {
             return error(StatusCode::UNAUTHORIZED, "invalid_token", &m, None);
@@ -286,8 +286,12 @@ async fn proxy(
                 ),
                 third_party: false,
             };
-            if let Err(e) = gw.broker.report_for_task(&outcome.task_id, &report).await {
-                tracing::warn!(error = %e, "could not record what the API returned");
+            if let Some(noted) = gw
+                .broker
+                .note_output(&mut pending, &outcome.task_id, &report)
+                && noted.remembered > 0
+            {
+                detail.insert("third_party_values".into(), json!(noted.remembered));
             }
             detail.insert("outcome".into(), "forwarded".into());
             detail.insert("status".into(), json!(status.as_u16()));

@@ -256,7 +256,8 @@ pub struct AgentAdd {
     #[arg(long, value_name = "JSON")]
     envelope_arguments: Option<String>,
     /// Ed25519 public key (base64url, 32 bytes) for private_key_jwt client assertions.
-    #[arg(long, value_name = "B64")]
+    /// Base64url keys may begin with `-`; such values are taken as the key.
+    #[arg(long, value_name = "B64", allow_hyphen_values = true)]
     public_key: Option<String>,
     /// External JWT issuer (OIDC or SPIFFE) whose tokens identify the agent.
     #[arg(long, value_name = "URL")]

@@ -181,3 +181,28 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_keys_beginning_with_a_hyphen_are_values() {
+        // One base64url key in 64 starts with `-`; it must not be read as a flag.
+        let cli = Cli::try_parse_from([
+            "mandate",
+            "agent",
+            "add",
+            "a1",
+            "--tier",
+            "low",
+            "--envelope",
+            "read:x",
+            "--public-key",
+            "-tHvV7d1c9Xy0ZJm2z3S9l1b5zWlq2dF4lY8oPqR3sU",
+        ]);
+        assert!(cli.is_ok(), "{:?}", cli.err());
+        let cli = Cli::try_parse_from(["mandate", "agent", "add", "a1", "--public-key", "-t"]);
+        assert!(cli.is_err(), "missing --tier must still be refused");
+    }
+}
