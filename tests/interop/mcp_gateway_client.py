@@ -54,6 +54,9 @@ def text(result):
 
 
 async def session(scope):
+    # MCP scope selection: once the gateway answers 401, the SDK asks for the scopes its resource
+    # metadata lists (every tool on offer) in place of this one; the broker grants the part of
+    # that request that fits the agent's envelope.
     storage = Memory()
     params = SignedJWTParameters(issuer=AGENT, subject=AGENT, signing_key=KEY, signing_algorithm="EdDSA")
     auth = PrivateKeyJWTOAuthProvider(

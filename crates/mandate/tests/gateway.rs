@@ -134,6 +134,33 @@ async fn the_python_sdk_works_through_the_gateway_with_real_servers() {
     );
     let owner = b.owner_token("ops").await;
 
+    // An MCP client asks for the scopes the resource metadata lists, and those are the tools of
+    // the upstreams that are up: wait until all three servers have announced theirs.
+    let prm = format!("{}/.well-known/oauth-protected-resource/mcp", b.url);
+    let mut scopes = Vec::new();
+    for _ in 0..600 {
+        let meta: Value = b.http.get(&prm).send().await.unwrap().json().await.unwrap();
+        scopes = meta["scopes_supported"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect::<Vec<_>>();
+        if envelope
+            .split_whitespace()
+            .all(|t| scopes.iter().any(|s| s == t))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        envelope
+            .split_whitespace()
+            .all(|t| scopes.iter().any(|s| s == t)),
+        "the upstreams never offered the envelope's tools: {scopes:?}"
+    );
+
     let approval_file = work.path().join("approval");
     let granted_file = work.path().join("granted");
     let script = common::repo().join("tests/interop/mcp_gateway_client.py");
