@@ -7,10 +7,12 @@
 //! database transaction holding it has committed, so an acknowledged write survives the process
 //! being killed.
 //!
-//! SQLite (WAL mode) is the embedded default. The backend is chosen by URL; callers never see it.
+//! SQLite (WAL mode) is the embedded default; PostgreSQL (`postgres://…`) lets several replicas
+//! share one database. The backend is chosen by URL; callers never see it.
 
 mod migrate;
 mod model;
+mod postgres;
 mod sqlite;
 
 use std::path::Path;
@@ -46,7 +48,7 @@ pub enum StoreError {
     Closed,
 }
 
-/// How SQLite syncs commits to disk.
+/// How SQLite syncs commits to disk. PostgreSQL follows the server's own settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
@@ -60,7 +62,8 @@ pub enum Durability {
 /// Options for opening a store.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// `sqlite:///path/to/mandate.db` or a plain file path.
+    /// `sqlite:///path/to/mandate.db`, a plain file path, or
+    /// `postgres://user:password@host:port/database` (also `postgresql://`).
     pub url: String,
     /// SQLite durability.
     pub durability: Durability,
@@ -87,6 +90,38 @@ pub(crate) struct Job {
 #[derive(Clone)]
 enum Reader {
     Sqlite(sqlite::SqliteReader),
+    Postgres(postgres::PostgresReader),
+}
+
+/// Runs the same read on whichever backend the store has.
+macro_rules! read {
+    ($store:expr, $r:ident => $call:expr) => {
+        match &$store.reader {
+            Reader::Sqlite($r) => $call,
+            Reader::Postgres($r) => $call,
+        }
+    };
+}
+
+/// Whether `url` names a PostgreSQL database.
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// `url` without the password, if it has one.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
 }
 
 /// The store: a writer and readers over one database. Clones share them.
@@ -106,16 +141,19 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed) and migrates the database.
     pub async fn open(opts: &StoreOptions) -> Result<Self, StoreError> {
+        if is_postgres(&opts.url) {
+            let (writer, reader) = postgres::open(opts).await?;
+            return Ok(Store {
+                writer,
+                reader: Reader::Postgres(reader),
+                url: without_password(&opts.url),
+            });
+        }
         let path = opts
             .url
             .strip_prefix("sqlite://")
             .or_else(|| opts.url.strip_prefix("sqlite:"))
             .unwrap_or(&opts.url);
-        if opts.url.starts_with("postgres") {
-            return Err(StoreError::Database(
-                "this build supports SQLite only".into(),
-            ));
-        }
         let (writer, reader) = sqlite::open(Path::new(path), opts).await?;
         Ok(Store {
             writer,
@@ -152,44 +190,32 @@ impl Store {
 
     /// One owner.
     pub async fn owner(&self, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.owner(id).await,
-        }
+        read!(self, r => r.owner(id).await)
     }
 
     /// All owners, by id.
     pub async fn owners(&self) -> Result<Vec<Owner>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.owners().await,
-        }
+        read!(self, r => r.owners().await)
     }
 
     /// One agent.
     pub async fn agent(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.agent(id).await,
-        }
+        read!(self, r => r.agent(id).await)
     }
 
     /// All agents, by id.
     pub async fn agents(&self) -> Result<Vec<Agent>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.agents().await,
-        }
+        read!(self, r => r.agents().await)
     }
 
     /// One task.
     pub async fn task(&self, id: &TaskId) -> Result<Option<Task>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.task(id).await,
-        }
+        read!(self, r => r.task(id).await)
     }
 
     /// Tasks matching `filter`, newest first.
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.tasks(filter).await,
-        }
+        read!(self, r => r.tasks(filter).await)
     }
 
     /// The API token with this hash, revoked or not.
@@ -197,9 +223,7 @@ impl Store {
         &self,
         hash: &str,
     ) -> Result<Option<ApiTokenRecord>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.api_token_by_hash(hash).await,
-        }
+        read!(self, r => r.api_token_by_hash(hash).await)
     }
 
     /// API tokens of an owner (or, with `None`, admin tokens).
@@ -207,30 +231,22 @@ impl Store {
         &self,
         owner: Option<&OwnerId>,
     ) -> Result<Vec<ApiTokenRecord>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.api_tokens(owner).await,
-        }
+        read!(self, r => r.api_tokens(owner).await)
     }
 
     /// Audit records with `seq >= from`, in order, at most `limit`.
     pub async fn audit_range(&self, from: i64, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.audit_range(from, limit).await,
-        }
+        read!(self, r => r.audit_range(from, limit).await)
     }
 
     /// Audit records of tasks in `tasks`, in chain order.
     pub async fn audit_for_tasks(&self, tasks: &[TaskId]) -> Result<Vec<AuditRecord>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.audit_for_tasks(tasks).await,
-        }
+        read!(self, r => r.audit_for_tasks(tasks).await)
     }
 
     /// The recorded head of the chain: last sequence number and hash.
     pub async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.audit_head().await,
-        }
+        read!(self, r => r.audit_head().await)
     }
 
     /// One approval request.
@@ -238,9 +254,7 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<mandate_core::approval::Approval>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.approval(id).await,
-        }
+        read!(self, r => r.approval(id).await)
     }
 
     /// Approval requests matching `filter`, newest first.
@@ -248,29 +262,41 @@ impl Store {
         &self,
         filter: &ApprovalFilter,
     ) -> Result<Vec<mandate_core::approval::Approval>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.approvals(filter).await,
-        }
+        read!(self, r => r.approvals(filter).await)
     }
 
     /// One sealed secret.
     pub async fn secret(&self, name: &str) -> Result<Option<SecretRecord>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.secret(name).await,
-        }
+        read!(self, r => r.secret(name).await)
     }
 
     /// All sealed secrets, by name.
     pub async fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.secrets().await,
-        }
+        read!(self, r => r.secrets().await)
     }
 
     /// A value from the key-value table.
     pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(r) => r.meta(key).await,
-        }
+        read!(self, r => r.meta(key).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_postgres, without_password};
+
+    #[test]
+    fn urls_are_told_apart_and_shown_without_passwords() {
+        assert!(is_postgres("postgres://h/db"));
+        assert!(is_postgres("postgresql://h/db"));
+        assert!(!is_postgres("sqlite:///tmp/m.db"));
+        assert!(!is_postgres("postgres.db"));
+        assert_eq!(
+            without_password("postgres://app:s3cr:et@db.example:5432/m?sslmode=require"),
+            "postgres://app@db.example:5432/m?sslmode=require"
+        );
+        assert_eq!(without_password("postgres://app@h/m"), "postgres://app@h/m");
+        assert_eq!(without_password("postgres://h/m"), "postgres://h/m");
+        assert_eq!(without_password("/var/lib/m@x/m.db"), "/var/lib/m@x/m.db");
     }
 }

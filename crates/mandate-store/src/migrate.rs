@@ -41,11 +41,37 @@ pub(crate) const SQLITE: &[Migration] = &[
     },
 ];
 
+/// The PostgreSQL migrations: the same versions and tables as [`SQLITE`].
+pub(crate) const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "initial",
+        sql: include_str!("../migrations/postgres/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "approvals",
+        sql: include_str!("../migrations/postgres/0002_approvals.sql"),
+    },
+    Migration {
+        version: 3,
+        description: "secrets",
+        sql: include_str!("../migrations/postgres/0003_secrets.sql"),
+    },
+];
+
 pub(crate) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY,
     description TEXT NOT NULL,
     checksum TEXT NOT NULL,
     applied_at INTEGER NOT NULL
+)";
+
+pub(crate) const PG_CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+    version BIGINT PRIMARY KEY,
+    description TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    applied_at BIGINT NOT NULL
 )";
 
 /// Decides which migrations to run, given what the database says was applied.
