@@ -51,11 +51,17 @@ pub(crate) async fn open(
     let connect = PgConnectOptions::from_str(&opts.url)
         .map_err(|e| StoreError::Database(format!("bad PostgreSQL URL: {e}")))?
         .application_name("mandate");
-    // The writer's own pool of one connection: the pool reconnects if the server drops it.
+    // The writer's own pool of one connection: the pool reconnects if the server drops it. Its
+    // transactions never wait on the client, so one left idle means a stalled replica holding
+    // the head lock: the server ends it and the other replicas carry on.
     let writer_pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(30))
-        .connect_with(connect.clone())
+        .connect_with(
+            connect
+                .clone()
+                .options([("idle_in_transaction_session_timeout", "30s")]),
+        )
         .await
         .map_err(db)?;
     migrate(&writer_pool).await?;
