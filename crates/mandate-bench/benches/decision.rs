@@ -72,6 +72,8 @@ fn fixture(extra: usize, labelled: bool) -> Fixture {
         granted: scope.tokens(),
         ttl_seconds: 600,
         budget: Default::default(),
+        depth: 0,
+        delegated_by: Vec::new(),
     };
     let mut flow = Flow::default();
     let mut args = serde_json::Map::new();

@@ -231,7 +231,10 @@ impl Broker {
                 c
             }
         };
-        let (agent, task_id) = (Some(claims.sub.as_str()), Some(claims.task_id.as_str()));
+        let (agent, task_id) = (
+            Some(claims.client_id.as_str()),
+            Some(claims.task_id.as_str()),
+        );
         let entry = self.inventory.task(&claims.task_id).ok_or_else(|| {
             refuse(
                 DecideError::InvalidToken(format!("task `{}` is not known", claims.task_id)),
@@ -258,9 +261,24 @@ impl Broker {
                     task_id,
                 ));
             }
-            if task.agent.as_str() != claims.sub {
+            if task.agent.as_str() != claims.client_id {
                 return Err(refuse(
                     DecideError::InvalidToken("credential does not match its task".into()),
+                    agent,
+                    task_id,
+                ));
+            }
+        }
+        // Read after the task's own lock is released: no task lock is held while another is taken.
+        let delegated = entry.read().delegation.is_some();
+        if delegated {
+            let task = entry.read().clone();
+            if !self.ancestors_live(&task, now) {
+                return Err(refuse(
+                    DecideError::InvalidToken(format!(
+                        "task `{}` was delegated from a task that has ended",
+                        task.id
+                    )),
                     agent,
                     task_id,
                 ));
@@ -352,7 +370,7 @@ impl Broker {
             input,
             &entry,
             &claims.task_id,
-            &claims.sub,
+            &claims.client_id,
             started,
             request,
             args,
@@ -417,14 +435,18 @@ impl Broker {
         if step.verdict.outcome == Outcome::NeedsApproval {
             self.approval_path(&entry, input, &mut step, labels).await?;
         }
+        // What this call read or where it sent data becomes the whole workflow's.
+        let shared = self.share_labels(&entry, &step.added);
+        step.ops.extend(shared);
         let mut event = self.event(EventKind::Decision);
-        {
+        let delegation = {
             let task = entry.read();
             event.agent = Some(task.agent.to_string());
             event.owner = task.owner.as_ref().map(ToString::to_string);
             event.task = Some(task.id.to_string());
             event.intent = Some(task.intent.text.clone());
-        }
+            crate::delegation::delegation_detail(&task)
+        };
         let decision = step.verdict.outcome.as_str();
         event.action = Some(input.action.clone());
         event.resource = Some(target_label(&input.target));
@@ -444,6 +466,9 @@ impl Broker {
         }
         if let Some(id) = &step.approval_id {
             detail.insert("approval_id".into(), id.clone().into());
+        }
+        if !delegation.is_null() {
+            detail.insert("delegation".into(), delegation);
         }
         if !detail.is_empty() {
             event.detail = serde_json::Value::Object(detail);
@@ -522,7 +547,7 @@ impl Broker {
         let scope = entry.read().scope.clone();
         Ok(TaskView {
             task_id: claims.task_id.clone(),
-            agent: claims.sub.clone(),
+            agent: claims.client_id.clone(),
             scope,
         })
     }

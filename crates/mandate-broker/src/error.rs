@@ -40,6 +40,9 @@ pub enum OAuthError {
     /// `invalid_dpop_proof` (RFC 9449).
     #[error("{0}")]
     InvalidDpopProof(String),
+    /// `invalid_target` (RFC 8693): a `resource` or `audience` this service does not serve.
+    #[error("{0}")]
+    InvalidTarget(String),
     /// `server_error`: the store failed; nothing was granted.
     #[error("{0}")]
     ServerError(String),
@@ -56,6 +59,7 @@ impl OAuthError {
             OAuthError::InvalidScope { .. } => "invalid_scope",
             OAuthError::InvalidAuthorizationDetails { .. } => "invalid_authorization_details",
             OAuthError::InvalidDpopProof(_) => "invalid_dpop_proof",
+            OAuthError::InvalidTarget(_) => "invalid_target",
             OAuthError::ServerError(_) => "server_error",
         }
     }

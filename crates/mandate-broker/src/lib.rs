@@ -15,6 +15,7 @@ mod approvals;
 mod attest;
 mod config;
 mod decide;
+mod delegation;
 mod error;
 mod oauth;
 mod report;
@@ -38,7 +39,8 @@ pub use config::{BrokerConfig, Webhook};
 pub use decide::{DecideInput, DecisionOutcome, DpopInput, PendingAudit, Target, TaskView};
 pub use error::{AdminError, DecideError, OAuthError};
 
-pub use oauth::{Caller, TASK_DETAILS_TYPE, TokenRequest, TokenResponse};
+pub use delegation::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, MAX_CHAIN, TOKEN_EXCHANGE};
+pub use oauth::{Caller, ExchangeParams, TASK_DETAILS_TYPE, TokenRequest, TokenResponse};
 pub use report::{ReportInput, ReportOutcome};
 pub use secrets::check_secret_name;
 
@@ -297,20 +299,10 @@ impl Broker {
             .inventory
             .tasks_where(|t| t.state == TaskState::Active && t.expires_at <= now);
         for entry in due {
-            if let Some(t) = entry.end(TaskState::Expired, now, "its TTL ran out") {
-                let mut e = self.event(EventKind::TaskExpired);
-                e.agent = Some(t.agent.to_string());
-                e.owner = t.owner.as_ref().map(ToString::to_string);
-                e.task = Some(t.id.to_string());
-                e.intent = Some(t.intent.text.clone());
-                e.reason = t.end_reason.clone();
-                if let Err(err) = self
-                    .store
-                    .commit(vec![Op::UpdateTask(t), Op::Audit(e)])
-                    .await
-                {
-                    tracing::error!(error = %err, "could not record task expiry");
-                }
+            if let Some(t) = entry.end(TaskState::Expired, now, "its TTL ran out")
+                && let Err(err) = self.store.commit(self.end_ops(t, None)).await
+            {
+                tracing::error!(error = %err, "could not record task expiry");
             }
         }
         self.inventory.evict(now.plus_secs(-120));

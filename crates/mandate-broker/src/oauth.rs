@@ -39,6 +39,27 @@ pub struct TokenRequest {
     pub authorization_details: Option<String>,
     /// The `DPoP` header.
     pub dpop: Option<String>,
+    /// Token exchange (RFC 8693) parameters, for delegation.
+    pub exchange: ExchangeParams,
+}
+
+/// The RFC 8693 section 2.1 parameters of a token exchange request.
+#[derive(Clone, Debug, Default)]
+pub struct ExchangeParams {
+    /// `subject_token`: the parent task's credential.
+    pub subject_token: Option<String>,
+    /// `subject_token_type`.
+    pub subject_token_type: Option<String>,
+    /// `actor_token`: the child agent's own identity proof.
+    pub actor_token: Option<String>,
+    /// `actor_token_type`.
+    pub actor_token_type: Option<String>,
+    /// `requested_token_type`.
+    pub requested_token_type: Option<String>,
+    /// `resource` and `audience` values, which must name this service when present.
+    pub targets: Vec<String>,
+    /// `dpop_jkt` (RFC 9449 section 10): the key the child's credential is bound to.
+    pub dpop_jkt: Option<String>,
 }
 
 /// A successful token response (RFC 6749 section 5.1, RFC 9396 section 7).
@@ -56,6 +77,9 @@ pub struct TokenResponse {
     pub authorization_details: Value,
     /// The task's id.
     pub task_id: String,
+    /// RFC 8693: what was issued, for a token exchange.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
 }
 
 /// Mandate's task description inside `authorization_details`.
@@ -75,12 +99,14 @@ struct TaskDetails {
 
 /// What an agent asked for, parsed and checked for form.
 #[derive(Debug)]
-struct TaskAsk {
-    intent: Intent,
-    scope: Scope,
-    ttl: i64,
-    budget: Budget,
-    via_details: bool,
+pub(crate) struct TaskAsk {
+    pub(crate) intent: Intent,
+    pub(crate) scope: Scope,
+    pub(crate) ttl: i64,
+    /// Whether the request named its TTL (else it is the default).
+    pub(crate) ttl_asked: bool,
+    pub(crate) budget: Budget,
+    pub(crate) via_details: bool,
 }
 
 fn details_error(reason: String) -> OAuthError {
@@ -92,7 +118,11 @@ fn details_error(reason: String) -> OAuthError {
 }
 
 impl Broker {
-    fn parse_ask(&self, req: &TokenRequest, agent: &Agent) -> Result<TaskAsk, OAuthError> {
+    pub(crate) fn parse_ask(
+        &self,
+        req: &TokenRequest,
+        agent: &Agent,
+    ) -> Result<TaskAsk, OAuthError> {
         let mut scope = match &req.scope {
             Some(s) => Scope::parse(s).map_err(|e| OAuthError::InvalidScope {
                 reason: format!("scope is malformed: {e}"),
@@ -161,6 +191,7 @@ impl Broker {
                     .into(),
             ));
         }
+        let ttl_asked = ttl.is_some();
         let ttl = ttl.unwrap_or(self.cfg.default_task_ttl);
         if ttl < 1 || ttl > self.cfg.max_task_ttl {
             return Err(details_error(format!(
@@ -172,6 +203,7 @@ impl Broker {
             intent,
             scope,
             ttl,
+            ttl_asked,
             budget,
             via_details,
         })
@@ -182,10 +214,12 @@ impl Broker {
     pub async fn token(&self, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
         match req.grant_type.as_deref() {
             Some("client_credentials") => {}
+            Some(crate::delegation::TOKEN_EXCHANGE) => return self.exchange(req).await,
             Some(other) => {
                 let msg = format!(
-                    "grant_type `{}` is not supported; use `client_credentials`",
-                    other.chars().take(80).collect::<String>()
+                    "grant_type `{}` is not supported; use `client_credentials`, or `{}` to delegate",
+                    other.chars().take(80).collect::<String>(),
+                    crate::delegation::TOKEN_EXCHANGE
                 );
                 self.reject(None, &msg).await;
                 return Err(OAuthError::UnsupportedGrantType(msg));
@@ -270,6 +304,7 @@ impl Broker {
             budget: ask.budget,
             flow: Default::default(),
             provenance: Default::default(),
+            delegation: None,
         };
         let verdict = self.admit(&agent, &task);
         let mut task = task;
@@ -365,6 +400,7 @@ impl Broker {
             scope: task.scope.to_string(),
             authorization_details: details,
             task_id: task.id.to_string(),
+            issued_token_type: None,
         })
     }
 
@@ -416,7 +452,11 @@ impl Broker {
     }
 
     /// Commits ops that spend one-time values; a conflict means a replayed assertion or proof.
-    async fn commit_spending(&self, agent: &Agent, ops: Vec<Op>) -> Result<(), OAuthError> {
+    pub(crate) async fn commit_spending(
+        &self,
+        agent: &Agent,
+        ops: Vec<Op>,
+    ) -> Result<(), OAuthError> {
         match self.store.commit(ops).await {
             Ok(_) => Ok(()),
             Err(StoreError::Conflict(_)) => {
@@ -435,7 +475,7 @@ impl Broker {
     }
 
     /// Spends the one-time values of a refused request and records the refusal.
-    async fn spend(
+    pub(crate) async fn spend(
         &self,
         agent: &Agent,
         once: &[(String, Timestamp)],
@@ -473,7 +513,7 @@ impl Broker {
     }
 
     /// Verifies a credential's signature and times without looking at its task.
-    fn verify_signature(&self, token: &str) -> Option<AccessClaims> {
+    pub(crate) fn verify_signature(&self, token: &str) -> Option<AccessClaims> {
         self.keys
             .load()
             .verify_access_token(
@@ -497,7 +537,7 @@ impl Broker {
         };
         let task = entry.read().clone();
         let visible = match caller {
-            Caller::Agent(a) => a.as_str() == claims.sub,
+            Caller::Agent(a) => a.as_str() == claims.client_id,
             Caller::Person(Principal::Admin { .. }) => true,
             Caller::Person(Principal::Owner { owner, .. }) => task.owner.as_ref() == Some(owner),
         };
@@ -534,7 +574,7 @@ impl Broker {
         };
         let owner = entry.read().owner.clone();
         let (state, reason, actor) = match caller {
-            Caller::Agent(a) if a.as_str() == claims.sub => (
+            Caller::Agent(a) if a.as_str() == claims.client_id => (
                 TaskState::Completed,
                 "the agent completed its task".to_string(),
                 None,
@@ -602,7 +642,41 @@ impl Broker {
         e.intent = Some(t.intent.text.clone());
         e.reason = t.end_reason.clone();
         e.policies = policies.to_vec();
-        vec![Op::UpdateTask(t), Op::Audit(e)]
+        let cascade = self.end_descendants(&t);
+        let mut ops = vec![Op::UpdateTask(t), Op::Audit(e)];
+        ops.extend(cascade);
+        ops
+    }
+
+    /// Ends every live task delegated from `t`, directly or further down, and returns the writes
+    /// that record it. Nothing delegated outlives the task it came from.
+    fn end_descendants(&self, t: &Task) -> Vec<Op> {
+        let now = self.now();
+        let mut ops = Vec::new();
+        for entry in self.inventory.descendants(&t.id) {
+            let reason = format!(
+                "task `{}` it was delegated from ended ({}: {})",
+                t.id,
+                t.state,
+                t.end_reason.as_deref().unwrap_or("no reason given")
+            );
+            let Some(d) = entry.end(TaskState::Revoked, now, &reason) else {
+                continue;
+            };
+            let mut e = self.event(EventKind::TaskRevoked);
+            e.actor = Some("mandate:delegation".into());
+            e.agent = Some(d.agent.to_string());
+            e.owner = d.owner.as_ref().map(ToString::to_string);
+            e.task = Some(d.id.to_string());
+            e.intent = Some(d.intent.text.clone());
+            e.reason = d.end_reason.clone();
+            e.policies = vec!["mandate:delegation".into()];
+            e.detail = serde_json::json!({"ancestor": t.id.to_string()});
+            metrics::counter!("mandate_tasks_revoked_by_ancestor_total").increment(1);
+            ops.push(Op::UpdateTask(d));
+            ops.push(Op::Audit(e));
+        }
+        ops
     }
 }
 

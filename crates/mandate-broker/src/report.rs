@@ -99,6 +99,9 @@ impl Broker {
         if let Some(t) = snapshot {
             pending.push(Op::UpdateTask(t));
         }
+        for op in self.share_labels(&entry, &outcome.added) {
+            pending.push(op);
+        }
         Some(outcome)
     }
 
@@ -168,6 +171,7 @@ impl Broker {
         if let Some(t) = snapshot {
             ops.push(Op::UpdateTask(t));
         }
+        ops.extend(self.share_labels(entry, &outcome.added));
         self.store.commit(ops).await.map_err(|e| {
             DecideError::Unavailable(format!("the report could not be recorded: {e}"))
         })?;

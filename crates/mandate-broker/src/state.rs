@@ -60,6 +60,12 @@ pub(crate) fn task_facts(task: &Task) -> TaskFacts {
         granted: task.scope.tokens(),
         ttl_seconds: (task.expires_at.0 - task.created_at.0).div_euclid(1000),
         budget: task.budget,
+        depth: i64::try_from(task.depth()).unwrap_or(i64::MAX),
+        delegated_by: task
+            .delegation
+            .as_ref()
+            .map(|d| d.agents.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -71,12 +77,18 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A delegated task, as its parent's entry in the delegation index lists it.
+type Child = (TaskId, Arc<TaskEntry>);
+
 /// Owners, agents and tasks.
 #[derive(Debug, Default)]
 pub(crate) struct Inventory {
     owners: RwLock<HashMap<OwnerId, Owner>>,
     agents: RwLock<HashMap<AgentId, Agent>>,
     tasks: RwLock<HashMap<TaskId, Arc<TaskEntry>>>,
+    /// Delegated tasks by parent. A workflow's tree is walked through this index alone, without
+    /// the task map's lock or any task's, so it is safe while holding a task's lock.
+    children: RwLock<HashMap<TaskId, Vec<Child>>>,
 }
 
 impl Inventory {
@@ -124,10 +136,36 @@ impl Inventory {
     }
 
     pub fn put_task(&self, t: Task) -> Arc<TaskEntry> {
+        let parent = t.delegation.as_ref().and_then(|d| d.parent()).cloned();
         let entry = Arc::new(TaskEntry::new(t));
         let id = entry.read().id.clone();
-        write(&self.tasks).insert(id, entry.clone());
+        write(&self.tasks).insert(id.clone(), entry.clone());
+        if let Some(parent) = parent {
+            let mut children = write(&self.children);
+            let list = children.entry(parent).or_default();
+            list.retain(|(c, _)| *c != id);
+            list.push((id, entry.clone()));
+        }
         entry
+    }
+
+    /// Every task delegated from `id`, directly or further down, parents before children.
+    /// Takes no task's lock.
+    pub fn descendants(&self, id: &TaskId) -> Vec<Arc<TaskEntry>> {
+        let children = read(&self.children);
+        let mut seen: Vec<&TaskId> = Vec::new();
+        let mut out = Vec::new();
+        let mut next = std::collections::VecDeque::from([id]);
+        while let Some(at) = next.pop_front() {
+            for (c, entry) in children.get(at).into_iter().flatten() {
+                if !seen.contains(&c) {
+                    seen.push(c);
+                    out.push(entry.clone());
+                    next.push_back(c);
+                }
+            }
+        }
+        out
     }
 
     /// Live tasks matching `pred`.
@@ -141,9 +179,17 @@ impl Inventory {
 
     /// Forgets ended tasks whose credentials can no longer be presented anyway.
     pub fn evict(&self, before: Timestamp) {
-        write(&self.tasks).retain(|_, e| {
-            let t = e.read();
-            t.state == TaskState::Active || t.expires_at >= before
+        let kept: std::collections::HashSet<TaskId> = {
+            let mut tasks = write(&self.tasks);
+            tasks.retain(|_, e| {
+                let t = e.read();
+                t.state == TaskState::Active || t.expires_at >= before
+            });
+            tasks.keys().cloned().collect()
+        };
+        write(&self.children).retain(|parent, list| {
+            list.retain(|(c, _)| kept.contains(c));
+            kept.contains(parent) || !list.is_empty()
         });
     }
 

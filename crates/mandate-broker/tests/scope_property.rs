@@ -124,6 +124,7 @@ async fn run(variant: u8, granted: Vec<(usize, usize)>, requests: Vec<(usize, us
             scope: Some(scope_text.join(" ")),
             authorization_details: None,
             dpop: None,
+            exchange: Default::default(),
         })
         .await
         .unwrap()

@@ -17,6 +17,7 @@ pub mod scope;
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use ids::{AgentId, IdError, OwnerId, TaskId};
 pub use model::{
-    Agent, AgentStatus, Attestation, Budget, EndReason, Intent, Owner, Task, TaskState, Tier,
+    Agent, AgentStatus, Attestation, Budget, Delegation, EndReason, Intent, Owner, Task, TaskState,
+    Tier,
 };
 pub use scope::{Grant, Scope, ScopeError};

@@ -290,6 +290,50 @@ pub struct Task {
         skip_serializing_if = "crate::provenance::Provenance::is_empty"
     )]
     pub provenance: crate::provenance::Provenance,
+    /// Where the task came from when another task delegated it (RFC 8693 token exchange).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<Delegation>,
+}
+
+/// A delegated task's place in its workflow: the tasks above it and their agents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegation {
+    /// The tasks above this one, the root (opened by an agent itself) first, the parent last.
+    pub ancestors: Vec<TaskId>,
+    /// The agents of those tasks, in the same order.
+    pub agents: Vec<AgentId>,
+}
+
+impl Delegation {
+    /// The task this one was delegated from.
+    pub fn parent(&self) -> Option<&TaskId> {
+        self.ancestors.last()
+    }
+
+    /// The task that started the workflow.
+    pub fn root(&self) -> Option<&TaskId> {
+        self.ancestors.first()
+    }
+
+    /// Hops from the root: 1 for a task delegated by a root task.
+    pub fn depth(&self) -> usize {
+        self.ancestors.len()
+    }
+}
+
+impl Task {
+    /// Hops from the task that started the workflow (0 for a task its agent opened itself).
+    pub fn depth(&self) -> usize {
+        self.delegation.as_ref().map_or(0, Delegation::depth)
+    }
+
+    /// The task that started this task's workflow (itself when it was not delegated).
+    pub fn root(&self) -> &TaskId {
+        self.delegation
+            .as_ref()
+            .and_then(Delegation::root)
+            .unwrap_or(&self.id)
+    }
 }
 
 /// Limits a task asks for itself, on top of the tier's. Policies see them as

@@ -105,6 +105,14 @@ pub fn ed25519_jwk(x: &str, kid: Option<&str>) -> Result<Jwk, JwtError> {
     serde_json::from_value(v).map_err(|_| JwtError::BadKey)
 }
 
+/// The RFC 7638 thumbprint of an Ed25519 public key given in base64url: the `jkt` a credential
+/// bound to that key carries.
+pub fn ed25519_thumbprint(x: &str) -> Result<String, JwtError> {
+    ed25519_jwk(x, None)?
+        .thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)
+        .map_err(|_| JwtError::BadKey)
+}
+
 /// Whether a JWK (as raw JSON) carries private key material.
 pub fn has_private_parts(raw: &serde_json::Value) -> bool {
     ["d", "p", "q", "dp", "dq", "qi", "k"]
@@ -130,6 +138,13 @@ mod tests {
         let k = public_key_from_jwk(&jwk).unwrap();
         assert_eq!(k.thumbprint, "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
         assert_eq!(k.alg, Algorithm::RS256);
+    }
+
+    #[test]
+    fn ed25519_thumbprint_is_the_signing_keys_kid() {
+        let k = crate::client::AgentKey::generate();
+        assert_eq!(ed25519_thumbprint(&k.public_key()).unwrap(), k.thumbprint());
+        assert!(ed25519_thumbprint("AAAA").is_err());
     }
 
     #[test]

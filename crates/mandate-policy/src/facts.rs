@@ -88,6 +88,10 @@ pub struct TaskFacts {
     pub ttl_seconds: i64,
     /// Limits the task asked for itself.
     pub budget: mandate_core::Budget,
+    /// Hops from the task that started the workflow (0 unless delegated).
+    pub depth: i64,
+    /// Agents up the delegation chain, the root's first.
+    pub delegated_by: Vec<String>,
 }
 
 impl TaskFacts {
@@ -112,6 +116,11 @@ impl TaskFacts {
                     "ttl_seconds".to_string(),
                     RestrictedExpression::new_long(self.ttl_seconds),
                 ),
+                (
+                    "depth".to_string(),
+                    RestrictedExpression::new_long(self.depth),
+                ),
+                ("delegated_by".to_string(), string_set(&self.delegated_by)),
             ]
             .into_iter()
             .chain(self.budget.max_calls.map(|n| {

@@ -79,6 +79,9 @@ struct TaskCase {
     max_calls_per_minute: Option<u64>,
     #[serde(default)]
     dpop_bound: bool,
+    /// Agents up the delegation chain, the root's first (empty: not delegated).
+    #[serde(default)]
+    delegated_by: Vec<String>,
 }
 
 fn default_class() -> String {
@@ -236,6 +239,8 @@ fn run_case(
             max_calls: c.task.max_calls,
             max_calls_per_minute: c.task.max_calls_per_minute,
         },
+        depth: i64::try_from(c.task.delegated_by.len()).unwrap_or(i64::MAX),
+        delegated_by: c.task.delegated_by.clone(),
     };
     let task = facts.to_cedar().map_err(|e| e.to_string())?;
     let request = json_to_cedar(&serde_json::Value::Object(c.context.clone()), "context")

@@ -43,6 +43,8 @@ fn task(class: &str, granted: &[&str], ttl: i64) -> TaskFacts {
         granted: granted.iter().map(|s| s.to_string()).collect(),
         ttl_seconds: ttl,
         budget: Default::default(),
+        depth: 0,
+        delegated_by: Vec::new(),
     }
 }
 

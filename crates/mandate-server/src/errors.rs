@@ -35,6 +35,7 @@ pub(crate) fn oauth_error(e: OAuthError) -> Response {
             task_id.clone(),
         ),
         OAuthError::InvalidDpopProof(_) => (StatusCode::BAD_REQUEST, None, None),
+        OAuthError::InvalidTarget(_) => (StatusCode::BAD_REQUEST, None, None),
         OAuthError::ServerError(_) => (StatusCode::SERVICE_UNAVAILABLE, None, None),
     };
     let mut body = serde_json::Map::new();

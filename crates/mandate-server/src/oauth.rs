@@ -3,7 +3,9 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use mandate_broker::{Caller, ClientAuth, OAuthError, TASK_DETAILS_TYPE, TokenRequest};
+use mandate_broker::{
+    Caller, ClientAuth, ExchangeParams, OAuthError, TASK_DETAILS_TYPE, TokenRequest,
+};
 
 use crate::AppState;
 use crate::body::{Form, Limited};
@@ -22,7 +24,7 @@ pub(crate) async fn metadata(State(s): State<AppState>) -> Response {
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "introspection_endpoint": format!("{issuer}/oauth/introspect"),
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": ["client_credentials", mandate_broker::TOKEN_EXCHANGE],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": algs,
@@ -89,6 +91,20 @@ pub(crate) async fn token(
         scope: form.get("scope"),
         authorization_details: form.get("authorization_details"),
         dpop,
+        exchange: ExchangeParams {
+            subject_token: form.get("subject_token"),
+            subject_token_type: form.get("subject_token_type"),
+            actor_token: form.get("actor_token"),
+            actor_token_type: form.get("actor_token_type"),
+            requested_token_type: form.get("requested_token_type"),
+            // Repeated parameters are refused for every grant, so one of each at most.
+            targets: form
+                .get("resource")
+                .into_iter()
+                .chain(form.get("audience"))
+                .collect(),
+            dpop_jkt: form.get("dpop_jkt"),
+        },
     };
     match s.broker.token(&req).await {
         Ok(resp) => {

@@ -2,7 +2,7 @@
 
 use mandate_core::approval::{Approval, ApprovalState};
 use mandate_core::audit::AuditEvent;
-use mandate_core::{Agent, AgentId, Owner, OwnerId, Task, TaskState, Timestamp};
+use mandate_core::{Agent, AgentId, Owner, OwnerId, Task, TaskId, TaskState, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// Whose API token it is.
@@ -154,6 +154,8 @@ pub struct TaskFilter {
     pub owner: Option<OwnerId>,
     /// Only in this state.
     pub state: Option<TaskState>,
+    /// Only this workflow's: the task with this id and every task delegated from it.
+    pub root: Option<TaskId>,
     /// At most this many (default 1000).
     pub limit: Option<i64>,
 }

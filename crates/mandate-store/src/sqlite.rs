@@ -662,12 +662,15 @@ impl SqliteReader {
              WHERE ($1 IS NULL OR t.agent_id = $1)
                AND ($2 IS NULL OR a.owner_id = $2)
                AND ($3 IS NULL OR t.state = $3)
+               AND ($5 IS NULL OR t.id = $5
+                    OR json_extract(t.body, '$.delegation.ancestors[0]') = $5)
              ORDER BY t.created_at DESC, t.id DESC LIMIT $4",
         )
         .bind(f.agent.as_ref().map(AgentId::as_str))
         .bind(f.owner.as_ref().map(OwnerId::as_str))
         .bind(f.state.map(|s| s.as_str()))
         .bind(f.limit.unwrap_or(1000))
+        .bind(f.root.as_ref().map(TaskId::as_str))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?

@@ -1,14 +1,15 @@
 //! Audit commands. They read the store directly, so an investigator needs the data (or store
 //! URL), not a running broker.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
-use mandate_core::TaskId;
 use mandate_core::audit::{AuditEvent, AuditRecord, ChainVerifier};
-use mandate_store::{Store, StoreOptions};
+use mandate_core::{Task, TaskId};
+use mandate_store::{Store, StoreOptions, TaskFilter};
 use serde_json::json;
 
 use crate::Global;
@@ -24,7 +25,9 @@ pub enum AuditCmd {
     /// Check the hash chain: report every edited, deleted or reordered record. Exits non-zero
     /// if the chain does not verify.
     Verify,
-    /// Print a task's steps in order: what it asked, what was decided, by which policy.
+    /// Print a task's workflow as a tree: the task that started it and every task delegated
+    /// from it, each with its agent, intent and steps: what was asked, what was decided, by
+    /// which policy.
     Trace {
         /// Task id.
         task: String,
@@ -145,6 +148,9 @@ fn event_line(r: &AuditRecord, e: &AuditEvent) -> Vec<String> {
     ]
 }
 
+/// Most tasks one workflow trace reads.
+const MAX_WORKFLOW_TASKS: i64 = 10_000;
+
 async fn trace(global: &Global, store: &Store, task: &str) -> anyhow::Result<()> {
     let id = TaskId::parse(task).map_err(|e| anyhow::anyhow!("{e}"))?;
     let t = store
@@ -152,28 +158,117 @@ async fn trace(global: &Global, store: &Store, task: &str) -> anyhow::Result<()>
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .with_context(|| format!("task `{id}` does not exist"))?;
-    let records = store
-        .audit_for_tasks(std::slice::from_ref(&id))
+    // The whole workflow: the task that started it and every task delegated from it.
+    let root = t.root().clone();
+    let mut tasks = store
+        .tasks(&TaskFilter {
+            root: Some(root.clone()),
+            limit: Some(MAX_WORKFLOW_TASKS),
+            ..Default::default()
+        })
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut events = Vec::with_capacity(records.len());
-    for r in &records {
-        events.push((
-            r,
-            r.event()
-                .with_context(|| format!("record {} is unreadable", r.seq))?,
-        ));
+    if !tasks.iter().any(|x| x.id == t.id) {
+        tasks.push(t.clone());
     }
+    tasks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    let ids: Vec<TaskId> = tasks.iter().map(|x| x.id.clone()).collect();
+    let records = store
+        .audit_for_tasks(&ids)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut steps: BTreeMap<String, Vec<(&AuditRecord, AuditEvent)>> = BTreeMap::new();
+    for r in &records {
+        let e = r
+            .event()
+            .with_context(|| format!("record {} is unreadable", r.seq))?;
+        steps
+            .entry(e.task.clone().unwrap_or_default())
+            .or_default()
+            .push((r, e));
+    }
+    let mut children: BTreeMap<Option<TaskId>, Vec<&Task>> = BTreeMap::new();
+    for x in &tasks {
+        // A task whose parent is not in the store hangs from the top.
+        let parent = x
+            .delegation
+            .as_ref()
+            .and_then(|d| d.parent())
+            .filter(|p| ids.contains(p))
+            .cloned();
+        children.entry(parent).or_default().push(x);
+    }
+    let tops = children.get(&None).cloned().unwrap_or_default();
     if global.json {
-        let steps: Vec<_> = events
-            .iter()
+        let asked: Vec<_> = steps
+            .get(t.id.as_str())
+            .into_iter()
+            .flatten()
             .map(|(r, e)| json!({"seq": r.seq, "hash": r.hash, "event": e}))
             .collect();
-        output::json(&json!({"task": t, "steps": steps}));
+        let tree: Vec<_> = tops
+            .iter()
+            .map(|x| node_json(x, &children, &steps))
+            .collect();
+        output::json(&json!({
+            "task": t,
+            "steps": asked,
+            "root": root,
+            "tasks": tasks.len(),
+            "tree": tree,
+        }));
         return Ok(());
     }
+    let agents: std::collections::BTreeSet<&str> = tasks.iter().map(|x| x.agent.as_str()).collect();
     println!(
-        "task {} · agent {} · owner {} · {}",
+        "workflow of task {} (root {}): {} task{}, {} agent{}",
+        t.id,
+        root,
+        tasks.len(),
+        if tasks.len() == 1 { "" } else { "s" },
+        agents.len(),
+        if agents.len() == 1 { "" } else { "s" },
+    );
+    for x in tops {
+        print_node(x, &children, &steps, 0);
+    }
+    Ok(())
+}
+
+type Children<'a> = BTreeMap<Option<TaskId>, Vec<&'a Task>>;
+type Steps<'a> = BTreeMap<String, Vec<(&'a AuditRecord, AuditEvent)>>;
+
+fn node_json(t: &Task, children: &Children<'_>, steps: &Steps<'_>) -> serde_json::Value {
+    let own: Vec<_> = steps
+        .get(t.id.as_str())
+        .into_iter()
+        .flatten()
+        .map(|(r, e)| json!({"seq": r.seq, "hash": r.hash, "event": e}))
+        .collect();
+    let kids: Vec<_> = children
+        .get(&Some(t.id.clone()))
+        .into_iter()
+        .flatten()
+        .map(|c| node_json(c, children, steps))
+        .collect();
+    json!({
+        "task_id": t.id,
+        "agent": t.agent,
+        "owner": t.owner,
+        "intent": t.intent.text,
+        "intent_class": t.intent.class,
+        "state": t.state,
+        "scope": t.scope.to_string(),
+        "depth": t.depth(),
+        "steps": own,
+        "children": kids,
+    })
+}
+
+fn print_node(t: &Task, children: &Children<'_>, steps: &Steps<'_>, depth: usize) {
+    let pad = "    ".repeat(depth);
+    println!(
+        "{pad}task {} · agent {} · owner {} · {}",
         t.id,
         t.agent,
         t.owner
@@ -182,16 +277,15 @@ async fn trace(global: &Global, store: &Store, task: &str) -> anyhow::Result<()>
             .unwrap_or_else(|| "-".into()),
         t.state
     );
-    println!("intent: {} [{}]", t.intent.text, t.intent.class);
-    println!("scope:  {}", t.scope);
-    println!();
-    output::table(
-        &[
-            "SEQ", "TIME", "STEP", "ACTION", "RESOURCE", "DECISION", "POLICIES", "REASON",
-        ],
-        events.iter().map(|(r, e)| event_line(r, e)).collect(),
-    );
-    Ok(())
+    println!("{pad}  intent: {} [{}]", t.intent.text, t.intent.class);
+    println!("{pad}  scope:  {}", t.scope);
+    for (r, e) in steps.get(t.id.as_str()).into_iter().flatten() {
+        let line = event_line(r, e);
+        println!("{pad}  {}", line.join("  "));
+    }
+    for c in children.get(&Some(t.id.clone())).into_iter().flatten() {
+        print_node(c, children, steps, depth + 1);
+    }
 }
 
 async fn export(store: &Store, output: Option<PathBuf>, from: i64) -> anyhow::Result<()> {

@@ -36,6 +36,10 @@ pub const DEFAULT_PACK: &[(&str, &str)] = &[
         include_str!("../../../policies/40-approval.cedar"),
     ),
     (
+        "50-delegation.cedar",
+        include_str!("../../../policies/50-delegation.cedar"),
+    ),
+    (
         "catalog.toml",
         include_str!("../../../policies/catalog.toml"),
     ),
