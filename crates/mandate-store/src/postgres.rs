@@ -687,12 +687,15 @@ impl PostgresReader {
              WHERE ($1::TEXT IS NULL OR t.agent_id = $1)
                AND ($2::TEXT IS NULL OR a.owner_id = $2)
                AND ($3::TEXT IS NULL OR t.state = $3)
+               AND ($5::TEXT IS NULL OR t.id = $5
+                    OR t.body::JSONB -> 'delegation' -> 'ancestors' ->> 0 = $5)
              ORDER BY t.created_at DESC, t.id DESC LIMIT $4",
         )
         .bind(f.agent.as_ref().map(AgentId::as_str))
         .bind(f.owner.as_ref().map(OwnerId::as_str))
         .bind(f.state.map(|s| s.as_str()))
         .bind(f.limit.unwrap_or(1000))
+        .bind(f.root.as_ref().map(TaskId::as_str))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?

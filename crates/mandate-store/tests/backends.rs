@@ -501,6 +501,42 @@ async fn every_op_reads_back_the_same(backend: Backend) {
         ),
         [t3.id.clone()]
     );
+    // A workflow: the root task and the tasks delegated from it, however deep.
+    let mut child: Task = serde_json::from_value({
+        let mut v = serde_json::to_value(task("Bot2")).unwrap();
+        v["delegation"] = serde_json::json!({"ancestors": [t1.id], "agents": ["bot"]});
+        v
+    })
+    .unwrap();
+    child.created_at = Timestamp(35);
+    let mut grandchild: Task = serde_json::from_value({
+        let mut v = serde_json::to_value(task("bot")).unwrap();
+        v["delegation"] =
+            serde_json::json!({"ancestors": [t1.id, child.id], "agents": ["bot", "Bot2"]});
+        v
+    })
+    .unwrap();
+    grandchild.created_at = Timestamp(36);
+    store
+        .commit(vec![
+            Op::InsertTask(child.clone()),
+            Op::InsertTask(grandchild.clone()),
+        ])
+        .await
+        .unwrap();
+    let of_root = |root: &TaskId| TaskFilter {
+        root: Some(root.clone()),
+        ..Default::default()
+    };
+    assert_eq!(
+        task_ids(store.tasks(&of_root(&t1.id)).await.unwrap()),
+        [grandchild.id.clone(), child.id.clone(), t1.id.clone()]
+    );
+    assert_eq!(
+        task_ids(store.tasks(&of_root(&child.id)).await.unwrap()),
+        [child.id.clone()]
+    );
+
     let mut ended = t2.clone();
     ended.state = TaskState::Revoked;
     ended.ended_at = Some(Timestamp(40));
