@@ -155,8 +155,37 @@ pub struct AgentView {
     pub agent: Agent,
     /// Active tasks.
     pub active_tasks: Vec<ActiveTask>,
-    /// Governance flags, e.g. `orphaned`, `suspended`.
+    /// Governance flags: `orphaned`, `suspended`, `dormant`, `wide-envelope`, `unconfirmed`,
+    /// `standing-privilege`.
     pub flags: Vec<String>,
+    /// Live credentials that outlive what policy allows now. Always 0 when Mandate works.
+    pub standing_privilege: u64,
+    /// Envelope entries that reach `high`-risk write targets of the catalog.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub high_risk_writes: Vec<String>,
+    /// When the owner must confirm the agent again, when re-confirmation is required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmation_due: Option<Timestamp>,
+    /// What it did lately (the governance view; absent in replies to changes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
+}
+
+/// What an agent did lately.
+#[derive(Clone, Debug, Serialize)]
+pub struct Activity {
+    /// Days of decisions counted.
+    pub window_days: i64,
+    /// Allowed decisions in the window.
+    pub allowed: u64,
+    /// Denied decisions in the window.
+    pub denied: u64,
+    /// Decisions that needed approval in the window.
+    pub needs_approval: u64,
+    /// Its most recent audit event.
+    pub last_activity: Option<Timestamp>,
+    /// When it last opened (or was delegated) a task.
+    pub last_task: Option<Timestamp>,
 }
 
 fn bad(e: impl std::fmt::Display) -> AdminError {
@@ -543,6 +572,7 @@ impl Broker {
             status: AgentStatus::Active,
             created_at: self.now(),
             description,
+            confirmed_at: None,
         };
         let mut e = self.event(EventKind::AgentAdded);
         e.actor = Some(p.name());
@@ -561,7 +591,7 @@ impl Broker {
         Ok(self.view(agent))
     }
 
-    fn view(&self, agent: Agent) -> AgentView {
+    pub(crate) fn view(&self, agent: Agent) -> AgentView {
         let now = self.now();
         let mut active: Vec<ActiveTask> = self
             .inventory
@@ -586,14 +616,30 @@ impl Broker {
         if agent.status == AgentStatus::Suspended {
             flags.push("suspended".to_string());
         }
+        let high_risk_writes = self.high_risk_writes(&agent);
+        if !high_risk_writes.is_empty() {
+            flags.push("wide-envelope".to_string());
+        }
+        let confirmation_due = self.confirmation_due(&agent);
+        if confirmation_due.is_some_and(|d| d <= now) {
+            flags.push("unconfirmed".to_string());
+        }
+        let standing_privilege = self.standing_privilege(&agent);
+        if standing_privilege > 0 {
+            flags.push("standing-privilege".to_string());
+        }
         AgentView {
             agent,
             active_tasks: active,
             flags,
+            standing_privilege,
+            high_risk_writes,
+            confirmation_due,
+            activity: None,
         }
     }
 
-    fn managed_agent(&self, p: &Principal, id: &str) -> Result<Agent, AdminError> {
+    pub(crate) fn managed_agent(&self, p: &Principal, id: &str) -> Result<Agent, AdminError> {
         let id = AgentId::parse(id).map_err(bad)?;
         let agent = self
             .inventory
@@ -603,19 +649,35 @@ impl Broker {
         Ok(agent)
     }
 
-    /// Agents the principal may see, with flags.
-    pub fn agents(&self, p: &Principal) -> Vec<AgentView> {
-        self.inventory
+    /// Agents the principal may see, with flags and what they did in the last `window_days`
+    /// (default: the configured window).
+    pub async fn agents(
+        &self,
+        p: &Principal,
+        window_days: Option<i64>,
+    ) -> Result<Vec<AgentView>, AdminError> {
+        let views = self
+            .inventory
             .agents()
             .into_iter()
             .filter(|a| p.may_manage(a).is_ok())
             .map(|a| self.view(a))
-            .collect()
+            .collect();
+        self.with_activity(views, window_days).await
     }
 
-    /// One agent.
-    pub fn agent(&self, p: &Principal, id: &str) -> Result<AgentView, AdminError> {
-        Ok(self.view(self.managed_agent(p, id)?))
+    /// One agent, with flags and recent activity.
+    pub async fn agent(
+        &self,
+        p: &Principal,
+        id: &str,
+        window_days: Option<i64>,
+    ) -> Result<AgentView, AdminError> {
+        let view = self.view(self.managed_agent(p, id)?);
+        let mut views = self.with_activity(vec![view], window_days).await?;
+        views
+            .pop()
+            .ok_or_else(|| AdminError::NotFound(format!("agent `{id}` does not exist")))
     }
 
     /// The kill switch: suspends an agent and revokes all its active tasks at once.

@@ -388,16 +388,6 @@ impl Broker {
     /// Announces a new approval request on the webhook, if one is configured. Deliveries are
     /// signed (HMAC-SHA256 of the body) and retried with doubling backoff.
     fn announce(&self, a: &Approval) {
-        let Some(hook) = self.cfg.webhook.clone() else {
-            return;
-        };
-        let client = match self.http_client() {
-            Ok(c) => c.clone(),
-            Err(e) => {
-                tracing::error!(error = %e, "approval webhook not sent");
-                return;
-            }
-        };
         let body = serde_json::json!({
             "type": "approval.requested",
             "approval": a,
@@ -405,36 +395,6 @@ impl Broker {
             "deny_url": format!("{}/admin/v1/approvals/{}/deny", self.cfg.issuer, a.id),
         })
         .to_string();
-        let id = a.id.clone();
-        tokio::spawn(async move {
-            let signature = mandate_crypto::secret::hmac_sha256_hex(
-                hook.secret.expose().as_bytes(),
-                body.as_bytes(),
-            );
-            let mut delay = Duration::from_millis(250);
-            for attempt in 1..=hook.attempts.max(1) {
-                let sent = client
-                    .post(&hook.url)
-                    .timeout(Duration::from_secs(5))
-                    .header("content-type", "application/json")
-                    .header("x-mandate-signature", format!("sha256={signature}"))
-                    .header("x-mandate-delivery", format!("{id}/{attempt}"))
-                    .body(body.clone())
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) if r.status().is_success() => return,
-                    Ok(r) => {
-                        tracing::warn!(status = %r.status(), attempt, approval = %id, "approval webhook refused")
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, attempt, approval = %id, "approval webhook failed")
-                    }
-                }
-                tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2);
-            }
-            tracing::error!(approval = %id, "approval webhook gave up");
-        });
+        self.deliver_webhook(a.id.clone(), body);
     }
 }

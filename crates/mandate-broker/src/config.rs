@@ -46,6 +46,13 @@ pub struct BrokerConfig {
     pub webhook: Option<Webhook>,
     /// Whether audit records keep a call's arguments (otherwise only their digest).
     pub audit_arguments: bool,
+    /// Days an owner's confirmation of an agent lasts; past it the agent opens no task until
+    /// confirmed again. `None`: no re-confirmation required.
+    pub reconfirm_days: Option<i64>,
+    /// Days without a task after which an agent is flagged dormant.
+    pub dormant_days: i64,
+    /// Days of decisions the governance view counts.
+    pub activity_window_days: i64,
 }
 
 /// A webhook: JSON POSTs signed with HMAC-SHA256 (`X-Mandate-Signature: sha256=<hex>`).
@@ -92,6 +99,9 @@ impl BrokerConfig {
             approval_max_wait: 60,
             webhook: None,
             audit_arguments: false,
+            reconfirm_days: None,
+            dormant_days: 30,
+            activity_window_days: 7,
         }
     }
 

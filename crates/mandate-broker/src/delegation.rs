@@ -213,7 +213,8 @@ impl Broker {
                 format!("delegation chains are limited to {MAX_CHAIN} hops"),
             )
         } else {
-            self.admit(&child, &task)
+            self.reconfirmation_gate(&child)
+                .unwrap_or_else(|| self.admit(&child, &task))
         };
         let mut task = task;
         task.scope = task

@@ -17,6 +17,8 @@ mod config;
 mod decide;
 mod delegation;
 mod error;
+mod governance;
+mod governance_report;
 mod oauth;
 mod report;
 mod secrets;
@@ -33,11 +35,12 @@ use mandate_crypto::KeyRing;
 use mandate_policy::{AgentFacts, EntityIndex, PolicyBundle, PolicyEngine};
 use mandate_store::{Op, Store};
 
-pub use admin::{AgentView, ApiTokenIssued, NewAgent, NewOwner, Principal};
+pub use admin::{Activity, AgentView, ApiTokenIssued, NewAgent, NewOwner, Principal};
 pub use attest::{ClientAuth, JWT_BEARER, JWT_SPIFFE};
 pub use config::{BrokerConfig, Webhook};
 pub use decide::{DecideInput, DecisionOutcome, DpopInput, PendingAudit, Target, TaskView};
 pub use error::{AdminError, DecideError, OAuthError};
+pub use governance::MAX_WINDOW_DAYS;
 
 pub use delegation::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, MAX_CHAIN, TOKEN_EXCHANGE};
 pub use oauth::{Caller, ExchangeParams, TASK_DETAILS_TYPE, TokenRequest, TokenResponse};
@@ -60,6 +63,7 @@ pub struct Broker {
     pub(crate) kek: Option<mandate_crypto::seal::Kek>,
     pub(crate) secret_cache: secrets::SecretCache,
     pub(crate) secret_changes: tokio::sync::watch::Sender<u64>,
+    pub(crate) reminded: governance::Reminded,
     http: std::sync::OnceLock<reqwest::Client>,
 }
 
@@ -107,6 +111,7 @@ impl Broker {
             kek: None,
             secret_cache: secrets::SecretCache::default(),
             secret_changes: tokio::sync::watch::channel(0).0,
+            reminded: Default::default(),
             keys: ArcSwap::from_pointee(keys),
             http: std::sync::OnceLock::new(),
             cfg,
@@ -305,6 +310,7 @@ impl Broker {
                 tracing::error!(error = %err, "could not record task expiry");
             }
         }
+        self.remind_confirmations().await;
         self.inventory.evict(now.plus_secs(-120));
         self.replay.purge(now.as_secs());
         self.verified.purge(now.as_secs());

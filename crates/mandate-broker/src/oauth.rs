@@ -306,7 +306,9 @@ impl Broker {
             provenance: Default::default(),
             delegation: None,
         };
-        let verdict = self.admit(&agent, &task);
+        let verdict = self
+            .reconfirmation_gate(&agent)
+            .unwrap_or_else(|| self.admit(&agent, &task));
         let mut task = task;
         task.scope = task.scope.narrowed_by(&agent.envelope);
         let mut ops: Vec<Op> = once

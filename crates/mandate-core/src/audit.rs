@@ -71,6 +71,10 @@ pub enum EventKind {
     SecretDeleted,
     /// The gateway forwarded or refused one call to an upstream.
     GatewayCall,
+    /// An owner confirmed its agent is still needed.
+    AgentConfirmed,
+    /// An agent's owner must re-confirm it soon, or already had to.
+    ConfirmationReminder,
 }
 
 impl EventKind {
@@ -103,6 +107,8 @@ impl EventKind {
             EventKind::SecretSet => "secret_set",
             EventKind::SecretDeleted => "secret_deleted",
             EventKind::GatewayCall => "gateway_call",
+            EventKind::AgentConfirmed => "agent_confirmed",
+            EventKind::ConfirmationReminder => "confirmation_reminder",
         }
     }
 }

@@ -145,6 +145,9 @@ pub struct Agent {
     /// Free-form description.
     #[serde(default)]
     pub description: String,
+    /// When its owner last confirmed it still needs it (owner re-confirmation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<Timestamp>,
 }
 
 impl Agent {

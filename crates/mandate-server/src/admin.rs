@@ -50,6 +50,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/admin/v1/agents/{id}", get(show_agent))
         .route("/admin/v1/agents/{id}/suspend", post(suspend_agent))
         .route("/admin/v1/agents/{id}/resume", post(resume_agent))
+        .route("/admin/v1/agents/{id}/confirm", post(confirm_agent))
+        .route("/admin/v1/report", get(report))
         .route("/admin/v1/tasks", get(list_tasks))
         .route("/admin/v1/tasks/{id}", get(show_task))
         .route("/admin/v1/tasks/{id}/revoke", post(revoke_task))
@@ -167,8 +169,29 @@ async fn revoke_token(
         .map(|()| serde_json::json!({"revoked": token})))
 }
 
-async fn list_agents(State(s): State<AppState>, Person(p): Person) -> Response {
-    axum::Json(s.broker.agents(&p)).into_response()
+/// `?window_days=N`: how many days of decisions the governance view counts.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WindowQuery {
+    #[serde(default)]
+    window_days: Option<i64>,
+}
+
+type WindowParams = Result<Query<WindowQuery>, axum::extract::rejection::QueryRejection>;
+
+fn window(q: WindowParams) -> Result<Option<i64>, AdminError> {
+    match q {
+        Ok(Query(q)) => Ok(q.window_days),
+        Err(e) => Err(AdminError::BadRequest(e.body_text())),
+    }
+}
+
+async fn list_agents(State(s): State<AppState>, Person(p): Person, q: WindowParams) -> Response {
+    let days = match window(q) {
+        Ok(d) => d,
+        Err(e) => return admin_error(e),
+    };
+    ok(s.broker.agents(&p, days).await)
 }
 
 async fn add_agent(State(s): State<AppState>, Person(p): Person, body: Limited) -> Response {
@@ -183,8 +206,29 @@ async fn show_agent(
     State(s): State<AppState>,
     Person(p): Person,
     Path(id): Path<String>,
+    q: WindowParams,
 ) -> Response {
-    ok(s.broker.agent(&p, &id))
+    let days = match window(q) {
+        Ok(d) => d,
+        Err(e) => return admin_error(e),
+    };
+    ok(s.broker.agent(&p, &id, days).await)
+}
+
+async fn report(State(s): State<AppState>, Person(p): Person, q: WindowParams) -> Response {
+    let days = match window(q) {
+        Ok(d) => d,
+        Err(e) => return admin_error(e),
+    };
+    ok(s.broker.governance_report(&p, days).await)
+}
+
+async fn confirm_agent(
+    State(s): State<AppState>,
+    Person(p): Person,
+    Path(id): Path<String>,
+) -> Response {
+    ok(s.broker.confirm_agent(&p, &id).await)
 }
 
 #[derive(Deserialize, Default)]

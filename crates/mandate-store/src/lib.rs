@@ -20,9 +20,11 @@ use std::path::Path;
 use mandate_core::audit::AuditRecord;
 use tokio::sync::{mpsc, oneshot};
 
-pub use model::{ApiTokenRecord, ApprovalFilter, Op, Receipt, Role, SecretRecord, TaskFilter};
+pub use model::{
+    AgentActivity, ApiTokenRecord, ApprovalFilter, Op, Receipt, Role, SecretRecord, TaskFilter,
+};
 
-use mandate_core::{Agent, AgentId, Owner, OwnerId, Task, TaskId};
+use mandate_core::{Agent, AgentId, Owner, OwnerId, Task, TaskId, Timestamp};
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -278,6 +280,12 @@ impl Store {
     /// A value from the key-value table.
     pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         read!(self, r => r.meta(key).await)
+    }
+
+    /// Per agent: decisions since `since`, last audit event and last task. Agents with no
+    /// activity at all are absent.
+    pub async fn agent_activity(&self, since: Timestamp) -> Result<Vec<AgentActivity>, StoreError> {
+        read!(self, r => r.agent_activity(since).await)
     }
 }
 

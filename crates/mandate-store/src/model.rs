@@ -178,3 +178,21 @@ pub struct SecretRecord {
     /// When last rotated.
     pub updated_at: Timestamp,
 }
+
+/// What an agent did: its decisions since a given time (from the audit), its last audited event
+/// and its last task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentActivity {
+    /// The agent.
+    pub agent: AgentId,
+    /// Allowed decisions in the window.
+    pub allowed: u64,
+    /// Denied decisions in the window.
+    pub denied: u64,
+    /// Decisions that needed a person's approval in the window.
+    pub needs_approval: u64,
+    /// Its most recent audit event.
+    pub last_event: Option<Timestamp>,
+    /// When it last opened a task (or was delegated one).
+    pub last_task: Option<Timestamp>,
+}

@@ -19,7 +19,9 @@ use sqlx::{Executor, Row};
 use tokio::sync::mpsc;
 
 use crate::migrate::{self, POSTGRES};
-use crate::model::{ApiTokenRecord, ApprovalFilter, Op, Receipt, Role, SecretRecord, TaskFilter};
+use crate::model::{
+    AgentActivity, ApiTokenRecord, ApprovalFilter, Op, Receipt, Role, SecretRecord, TaskFilter,
+};
 use crate::{Job, StoreError, StoreOptions};
 
 /// Key of the advisory lock held while migrating ("mandate1" in ASCII).
@@ -835,4 +837,77 @@ impl PostgresReader {
             .map_err(db)?;
         row.map(|r| r.try_get(0).map_err(db)).transpose()
     }
+
+    pub async fn agent_activity(&self, since: Timestamp) -> Result<Vec<AgentActivity>, StoreError> {
+        let mut by: std::collections::BTreeMap<String, AgentActivity> = Default::default();
+        let counts = sqlx::query(
+            "SELECT agent_id, (event::jsonb ->> 'decision') AS decision, COUNT(*) AS n FROM audit_log
+             WHERE kind = 'decision' AND agent_id IS NOT NULL AND time >= $1
+             GROUP BY agent_id, (event::jsonb ->> 'decision')",
+        )
+        .bind(since.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        for r in &counts {
+            let agent: String = r.try_get("agent_id").map_err(db)?;
+            let decision: Option<String> = r.try_get("decision").map_err(db)?;
+            let n: i64 = r.try_get("n").map_err(db)?;
+            let a = activity_entry(&mut by, agent)?;
+            let n = u64::try_from(n).unwrap_or(0);
+            match decision.as_deref() {
+                Some("allow") => a.allowed += n,
+                Some("deny") => a.denied += n,
+                Some("needs_approval") => a.needs_approval += n,
+                _ => {}
+            }
+        }
+        let last = sqlx::query(
+            "SELECT l.agent_id, l.time FROM audit_log l JOIN (
+                 SELECT agent_id, MAX(seq) AS seq FROM audit_log
+                 WHERE agent_id IS NOT NULL GROUP BY agent_id
+             ) m ON l.seq = m.seq",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        for r in &last {
+            let agent: String = r.try_get("agent_id").map_err(db)?;
+            let time: i64 = r.try_get("time").map_err(db)?;
+            activity_entry(&mut by, agent)?.last_event = Some(Timestamp(time));
+        }
+        let tasks =
+            sqlx::query("SELECT agent_id, MAX(created_at) AS t FROM tasks GROUP BY agent_id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        for r in &tasks {
+            let agent: String = r.try_get("agent_id").map_err(db)?;
+            let time: i64 = r.try_get("t").map_err(db)?;
+            activity_entry(&mut by, agent)?.last_task = Some(Timestamp(time));
+        }
+        Ok(by.into_values().collect())
+    }
+}
+
+fn activity_entry(
+    by: &mut std::collections::BTreeMap<String, AgentActivity>,
+    agent: String,
+) -> Result<&mut AgentActivity, StoreError> {
+    use std::collections::btree_map::Entry;
+    Ok(match by.entry(agent) {
+        Entry::Occupied(o) => o.into_mut(),
+        Entry::Vacant(v) => {
+            let id =
+                AgentId::parse(v.key().clone()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            v.insert(AgentActivity {
+                agent: id,
+                allowed: 0,
+                denied: 0,
+                needs_approval: 0,
+                last_event: None,
+                last_task: None,
+            })
+        }
+    })
 }

@@ -151,6 +151,7 @@ fn agent(id: &str, owner: &str) -> Agent {
         status: AgentStatus::Active,
         created_at: Timestamp(2),
         description: String::new(),
+        confirmed_at: None,
     }
 }
 

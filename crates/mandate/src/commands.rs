@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::datadir::ADMIN_TOKEN_FILE;
 use crate::output::{self, at, field, time};
 
-fn admin(global: &Global, settings: &Settings) -> anyhow::Result<AdminClient> {
+pub(crate) fn admin(global: &Global, settings: &Settings) -> anyhow::Result<AdminClient> {
     let server = global
         .server
         .clone()
@@ -209,10 +209,24 @@ fn show_owner(global: &Global, v: &Value) {
 pub enum AgentCmd {
     /// Register an agent.
     Add(Box<AgentAdd>),
-    /// List agents with their owners, tiers, active tasks and flags (e.g. `orphaned`).
-    List,
-    /// Show one agent.
+    /// List agents: owner, tier, active tasks, decisions in the window, last activity, and the
+    /// flags that need a look (`orphaned`, `dormant`, `wide-envelope`, `unconfirmed`,
+    /// `standing-privilege`, `suspended`).
+    List {
+        /// Days of decisions to count (default: the server's `governance.activity_window_days`).
+        #[arg(long, value_name = "DAYS")]
+        window_days: Option<i64>,
+    },
+    /// Show one agent: registration, envelope, active tasks, activity and flags.
     Show {
+        /// Agent id.
+        id: String,
+        /// Days of decisions to count.
+        #[arg(long, value_name = "DAYS")]
+        window_days: Option<i64>,
+    },
+    /// Confirm, as its owner, that an agent is still needed (owner re-confirmation).
+    Confirm {
         /// Agent id.
         id: String,
     },
@@ -332,8 +346,10 @@ pub async fn agent(global: &Global, settings: &Settings, cmd: AgentCmd) -> anyho
             let v = c.post("/admin/v1/agents", &body).await?;
             show_agent(global, &v);
         }
-        AgentCmd::List => {
-            let v = c.get("/admin/v1/agents").await?;
+        AgentCmd::List { window_days } => {
+            let v = c
+                .get(&format!("/admin/v1/agents{}", window_query(window_days)))
+                .await?;
             if global.json {
                 output::json(&v);
             } else {
@@ -351,18 +367,48 @@ pub async fn agent(global: &Global, settings: &Settings, cmd: AgentCmd) -> anyho
                             field(a, "tier"),
                             field(a, "status"),
                             list(at(a, "active_tasks")).count().to_string(),
-                            flags.join(","),
+                            decisions(a),
+                            time(at(a, "activity"), "last_activity"),
+                            if flags.is_empty() {
+                                "-".into()
+                            } else {
+                                flags.join(",")
+                            },
                         ]
                     })
                     .collect();
                 output::table(
-                    &["AGENT", "OWNER", "TIER", "STATUS", "ACTIVE TASKS", "FLAGS"],
+                    &[
+                        "AGENT",
+                        "OWNER",
+                        "TIER",
+                        "STATUS",
+                        "ACTIVE",
+                        "ALLOW/DENY/APPROVAL",
+                        "LAST ACTIVITY",
+                        "FLAGS",
+                    ],
                     rows,
                 );
             }
         }
-        AgentCmd::Show { id } => {
-            let v = c.get(&format!("/admin/v1/agents/{}", seg(&id))).await?;
+        AgentCmd::Show { id, window_days } => {
+            let v = c
+                .get(&format!(
+                    "/admin/v1/agents/{}{}",
+                    seg(&id),
+                    window_query(window_days)
+                ))
+                .await?;
+            show_agent(global, &v);
+        }
+        AgentCmd::Confirm { id } => {
+            let v = c
+                .post(
+                    &format!("/admin/v1/agents/{}/confirm", seg(&id)),
+                    &json!({}),
+                )
+                .await?;
             show_agent(global, &v);
         }
         AgentCmd::Suspend { id, reason } => {
@@ -383,6 +429,24 @@ pub async fn agent(global: &Global, settings: &Settings, cmd: AgentCmd) -> anyho
         AgentCmd::Keygen { .. } => {}
     }
     Ok(())
+}
+
+fn window_query(days: Option<i64>) -> String {
+    days.map(|d| format!("?window_days={d}"))
+        .unwrap_or_default()
+}
+
+/// `allowed/denied/approval` counts of an agent view's activity.
+fn decisions(a: &Value) -> String {
+    match a.get("activity") {
+        Some(x) => format!(
+            "{}/{}/{}",
+            field(x, "allowed"),
+            field(x, "denied"),
+            field(x, "needs_approval")
+        ),
+        None => "-".into(),
+    }
 }
 
 fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
@@ -443,6 +507,30 @@ fn show_agent(global: &Global, v: &Value) {
             },
         ),
         ("registered", time(v, "created_at")),
+        ("confirmation due", time(v, "confirmation_due")),
+        ("standing privilege", field(v, "standing_privilege")),
+        (
+            "high-risk writes",
+            list(at(v, "high_risk_writes"))
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        (
+            "decisions",
+            match v.get("activity") {
+                Some(a) => format!(
+                    "{} allowed, {} denied, {} needed approval in {} days",
+                    field(a, "allowed"),
+                    field(a, "denied"),
+                    field(a, "needs_approval"),
+                    field(a, "window_days")
+                ),
+                None => "-".into(),
+            },
+        ),
+        ("last activity", time(at(v, "activity"), "last_activity")),
+        ("last task", time(at(v, "activity"), "last_task")),
     ]);
     let tasks: Vec<Vec<String>> = list(at(v, "active_tasks"))
         .map(|t| {

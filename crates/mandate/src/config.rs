@@ -33,9 +33,19 @@ struct RawConfig {
     #[serde(default)]
     approvals: RawApprovals,
     #[serde(default)]
+    governance: RawGovernance,
+    #[serde(default)]
     gateway: Option<mandate_gateway::GatewayConfig>,
     #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGovernance {
+    reconfirm_days: Option<i64>,
+    dormant_days: Option<i64>,
+    activity_window_days: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +165,10 @@ pub struct Settings {
     pub approval_ttl: i64,
     pub approval_max_wait: i64,
     pub webhook: Option<mandate_broker::Webhook>,
+    /// Days an owner's confirmation of an agent lasts (`None`: not required).
+    pub reconfirm_days: Option<i64>,
+    pub dormant_days: i64,
+    pub activity_window_days: i64,
     pub gateway: Option<mandate_gateway::GatewayConfig>,
     /// The key-encryption key for brokered secrets, from `MANDATE_KEK` (else the data dir's).
     pub kek_env: Option<String>,
@@ -307,6 +321,21 @@ impl Settings {
             )?,
             approval_max_wait: a.max_wait_seconds.unwrap_or(60).clamp(0, 600),
             webhook,
+            reconfirm_days: raw
+                .governance
+                .reconfirm_days
+                .map(|d| positive("governance.reconfirm_days", d, 3660))
+                .transpose()?,
+            dormant_days: positive(
+                "governance.dormant_days",
+                raw.governance.dormant_days.unwrap_or(30),
+                3660,
+            )?,
+            activity_window_days: positive(
+                "governance.activity_window_days",
+                raw.governance.activity_window_days.unwrap_or(7),
+                mandate_broker::MAX_WINDOW_DAYS,
+            )?,
             gateway: match raw.gateway {
                 Some(g) => {
                     mandate_gateway::config::check(&g).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -7,6 +7,7 @@ mod config;
 mod datadir;
 mod output;
 mod quickstart;
+mod report;
 mod serve;
 
 use std::path::PathBuf;
@@ -79,6 +80,10 @@ enum Command {
     /// Verify, trace and export the audit trail (reads the store directly).
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Write the governance report (Markdown and JSON): inventory by owner and tier, flags,
+    /// denied and approval decisions, revocations and their causes, and the controls mapped to
+    /// the OWASP Agentic AI Top 10, OWASP NHI Top 10 and NIST AI RMF.
+    Report(report::ReportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Approval(c) => commands::approval(&cli.global, &settings()?, c).await,
         Command::Secret(c) => commands::secret(&cli.global, &settings()?, c).await,
         Command::Audit(c) => audit::run(&cli.global, &settings()?, c).await,
+        Command::Report(a) => report::run(&cli.global, &settings()?, a).await,
     }
 }
 

@@ -72,6 +72,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     cfg.approval_ttl = settings.approval_ttl;
     cfg.approval_max_wait = settings.approval_max_wait;
     cfg.webhook = settings.webhook.clone();
+    cfg.reconfirm_days = settings.reconfirm_days;
+    cfg.dormant_days = settings.dormant_days;
+    cfg.activity_window_days = settings.activity_window_days;
     let mut broker = Broker::start(cfg, store, KeyRing::new(key), Arc::new(SystemClock))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
