@@ -47,7 +47,7 @@ impl Principal {
         }
     }
 
-    fn require_admin(&self) -> Result<(), AdminError> {
+    pub(crate) fn require_admin(&self) -> Result<(), AdminError> {
         match self {
             Principal::Admin { .. } => Ok(()),
             Principal::Owner { .. } => Err(AdminError::Forbidden(
@@ -363,10 +363,15 @@ impl Broker {
             updated.push(agent);
         }
         // Privilege ends first, in memory, then everything is recorded in one commit.
-        for entry in self
-            .inventory
-            .tasks_where(|t| t.state == TaskState::Active && t.owner.as_ref() == Some(&id))
-        {
+        let mut live = Vec::new();
+        for a in &updated {
+            live.extend(self.live_tasks_of(&a.id).await?);
+        }
+        live.extend(
+            self.inventory
+                .tasks_where(|t| t.state == TaskState::Active && t.owner.as_ref() == Some(&id)),
+        );
+        for entry in live {
             if let Some(t) = entry.end(TaskState::Revoked, now, &reason) {
                 ops.extend(self.end_ops(t, Some(&p.name())));
             }
@@ -591,6 +596,31 @@ impl Broker {
         Ok(self.view(agent))
     }
 
+    /// The agent's active tasks: those in memory, and those the store holds that this replica
+    /// has not seen yet (opened on another replica a moment ago).
+    pub(crate) async fn live_tasks_of(
+        &self,
+        agent: &mandate_core::AgentId,
+    ) -> Result<Vec<std::sync::Arc<crate::state::TaskEntry>>, AdminError> {
+        let stored = self
+            .store
+            .tasks(&TaskFilter {
+                agent: Some(agent.clone()),
+                state: Some(TaskState::Active),
+                limit: Some(100_000),
+                ..Default::default()
+            })
+            .await?;
+        for t in stored {
+            if self.inventory.task(t.id.as_str()).is_none() {
+                self.inventory.put_task(t);
+            }
+        }
+        Ok(self
+            .inventory
+            .tasks_where(|t| t.state == TaskState::Active && &t.agent == agent))
+    }
+
     pub(crate) fn view(&self, agent: Agent) -> AgentView {
         let now = self.now();
         let mut active: Vec<ActiveTask> = self
@@ -696,10 +726,7 @@ impl Broker {
         let now = self.now();
         let mut ops = vec![Op::UpdateAgent(agent.clone())];
         let mut revoked = Vec::new();
-        for entry in self
-            .inventory
-            .tasks_where(|t| t.state == TaskState::Active && t.agent == agent.id)
-        {
+        for entry in self.live_tasks_of(&agent.id).await? {
             if let Some(t) = entry.end(TaskState::Revoked, now, &reason) {
                 revoked.push(t.id.to_string());
                 ops.extend(self.end_ops(t, Some(&p.name())));

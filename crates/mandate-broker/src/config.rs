@@ -53,6 +53,10 @@ pub struct BrokerConfig {
     pub dormant_days: i64,
     /// Days of decisions the governance view counts.
     pub activity_window_days: i64,
+    /// How often a replica reads the shared log for other replicas' changes, in milliseconds.
+    pub follow_interval_ms: u64,
+    /// Longest a replica keeps deciding without having read the shared log, in milliseconds.
+    pub max_staleness_ms: i64,
 }
 
 /// A webhook: JSON POSTs signed with HMAC-SHA256 (`X-Mandate-Signature: sha256=<hex>`).
@@ -102,6 +106,8 @@ impl BrokerConfig {
             reconfirm_days: None,
             dormant_days: 30,
             activity_window_days: 7,
+            follow_interval_ms: crate::replication::DEFAULT_FOLLOW_INTERVAL_MS,
+            max_staleness_ms: crate::replication::DEFAULT_MAX_STALENESS_MS,
         }
     }
 

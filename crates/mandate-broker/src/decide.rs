@@ -212,6 +212,9 @@ impl Broker {
             agent: agent.map(str::to_string),
             task: task.map(str::to_string),
         };
+        if let Some(why) = self.stale() {
+            return Err(refuse(DecideError::Unavailable(why), None, None));
+        }
         let claims = match self.verified.get(token, now.as_secs()) {
             Some(c) => c,
             None => {
@@ -417,6 +420,9 @@ impl Broker {
         request: RestrictedExpression,
         args: RestrictedExpression,
     ) -> Result<(DecisionOutcome, PendingAudit), DecideError> {
+        if let Some(why) = self.stale() {
+            return Err(DecideError::Unavailable(why));
+        }
         let entry = entry.clone();
         let tier = self
             .inventory
@@ -518,6 +524,8 @@ impl Broker {
             }
         }
         let unavailable = |e: mandate_store::StoreError| {
+            // Without the store this replica cannot see other replicas' revocations either.
+            self.lost_store();
             DecideError::Unavailable(format!(
                 "the decision could not be recorded, so it is not given: {e}"
             ))

@@ -20,8 +20,10 @@ mod error;
 mod governance;
 mod governance_report;
 mod oauth;
+mod replication;
 mod report;
 mod secrets;
+mod signing;
 mod state;
 
 use std::path::Path;
@@ -44,8 +46,10 @@ pub use governance::MAX_WINDOW_DAYS;
 
 pub use delegation::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, MAX_CHAIN, TOKEN_EXCHANGE};
 pub use oauth::{Caller, ExchangeParams, TASK_DETAILS_TYPE, TokenRequest, TokenResponse};
+pub use replication::{DEFAULT_FOLLOW_INTERVAL_MS, DEFAULT_MAX_STALENESS_MS};
 pub use report::{ReportInput, ReportOutcome};
 pub use secrets::check_secret_name;
+pub use signing::shared_key_ring;
 
 /// The broker. Cheap to share behind an `Arc`.
 pub struct Broker {
@@ -64,6 +68,7 @@ pub struct Broker {
     pub(crate) secret_cache: secrets::SecretCache,
     pub(crate) secret_changes: tokio::sync::watch::Sender<u64>,
     pub(crate) reminded: governance::Reminded,
+    pub(crate) follower: replication::Follower,
     http: std::sync::OnceLock<reqwest::Client>,
 }
 
@@ -112,6 +117,7 @@ impl Broker {
             secret_cache: secrets::SecretCache::default(),
             secret_changes: tokio::sync::watch::channel(0).0,
             reminded: Default::default(),
+            follower: Default::default(),
             keys: ArcSwap::from_pointee(keys),
             http: std::sync::OnceLock::new(),
             cfg,

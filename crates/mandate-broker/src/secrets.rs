@@ -216,8 +216,23 @@ impl Broker {
         Ok(value)
     }
 
-    /// A signal that ticks whenever a secret is set or deleted here.
+    /// A signal that ticks whenever a secret is set or deleted here or on another replica.
     pub fn secret_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.secret_changes.subscribe()
+    }
+
+    /// Drops a cached secret that another replica changed; the next use reads the store.
+    pub(crate) fn forget_secret(&self, name: &str) {
+        self.secret_cache
+            .opened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
+        self.secret_cache
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
+        self.secret_changes.send_modify(|n| *n += 1);
     }
 }

@@ -75,6 +75,8 @@ pub enum EventKind {
     AgentConfirmed,
     /// An agent's owner must re-confirm it soon, or already had to.
     ConfirmationReminder,
+    /// A new token signing key took over; the previous ones only verify.
+    KeyRotated,
 }
 
 impl EventKind {
@@ -109,6 +111,7 @@ impl EventKind {
             EventKind::GatewayCall => "gateway_call",
             EventKind::AgentConfirmed => "agent_confirmed",
             EventKind::ConfirmationReminder => "confirmation_reminder",
+            EventKind::KeyRotated => "key_rotated",
         }
     }
 }

@@ -52,6 +52,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/admin/v1/agents/{id}/resume", post(resume_agent))
         .route("/admin/v1/agents/{id}/confirm", post(confirm_agent))
         .route("/admin/v1/report", get(report))
+        .route("/admin/v1/keys/rotate", post(rotate_keys))
         .route("/admin/v1/tasks", get(list_tasks))
         .route("/admin/v1/tasks/{id}", get(show_task))
         .route("/admin/v1/tasks/{id}/revoke", post(revoke_task))
@@ -221,6 +222,10 @@ async fn report(State(s): State<AppState>, Person(p): Person, q: WindowParams) -
         Err(e) => return admin_error(e),
     };
     ok(s.broker.governance_report(&p, days).await)
+}
+
+async fn rotate_keys(State(s): State<AppState>, Person(p): Person) -> Response {
+    ok(s.broker.rotate_signing_key(&p).await)
 }
 
 async fn confirm_agent(

@@ -190,6 +190,12 @@ impl Store {
         &self.url
     }
 
+    /// Whether several processes may share this store (PostgreSQL): replicas must then follow
+    /// each other's changes.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.reader, Reader::Postgres(_))
+    }
+
     /// One owner.
     pub async fn owner(&self, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
         read!(self, r => r.owner(id).await)

@@ -992,3 +992,37 @@ pub async fn secret(global: &Global, settings: &Settings, cmd: SecretCmd) -> any
     }
     Ok(())
 }
+
+/// Signing key commands.
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Start signing task credentials with a new key. The previous keys keep verifying (and
+    /// stay in the JWKS) until every credential they signed has expired. Every replica on the
+    /// store picks the new key up.
+    Rotate,
+}
+
+/// Runs a signing key command.
+pub async fn keys(global: &Global, settings: &Settings, cmd: KeysCmd) -> anyhow::Result<()> {
+    let c = admin(global, settings)?;
+    match cmd {
+        KeysCmd::Rotate => {
+            let v = c.post("/admin/v1/keys/rotate", &json!({})).await?;
+            if global.json {
+                output::json(&v);
+            } else {
+                output::pairs(&[
+                    ("signing key", field(&v, "kid")),
+                    (
+                        "verifying",
+                        list(at(&v, "verifying"))
+                            .filter_map(|k| k.as_str().map(str::to_string))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ),
+                ]);
+            }
+        }
+    }
+    Ok(())
+}

@@ -84,6 +84,9 @@ enum Command {
     /// denied and approval decisions, revocations and their causes, and the controls mapped to
     /// the OWASP Agentic AI Top 10, OWASP NHI Top 10 and NIST AI RMF.
     Report(report::ReportArgs),
+    /// Rotate the token signing key.
+    #[command(subcommand)]
+    Keys(commands::KeysCmd),
 }
 
 #[derive(Args, Debug)]
@@ -157,6 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secret(c) => commands::secret(&cli.global, &settings()?, c).await,
         Command::Audit(c) => audit::run(&cli.global, &settings()?, c).await,
         Command::Report(a) => report::run(&cli.global, &settings()?, a).await,
+        Command::Keys(c) => commands::keys(&cli.global, &settings()?, c).await,
     }
 }
 

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mandate_broker::{Broker, BrokerConfig};
-use mandate_core::SystemClock;
-use mandate_crypto::KeyRing;
+use mandate_core::{Clock, SystemClock};
 use mandate_store::{Store, StoreOptions};
 use tokio::sync::watch;
 
@@ -48,6 +47,13 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     })
     .await
     .map_err(|e| anyhow::anyhow!("cannot open store: {e}"))?;
+    // Signing keys live in the store, sealed under the key-encryption key, so replicas on one
+    // database share them (they must share MANDATE_KEK too).
+    let kek = datadir::kek(&settings.data_dir, settings.kek_env.as_deref())?;
+    let ring = mandate_broker::shared_key_ring(&store, &kek, key, SystemClock.now())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let replicated = store.is_shared();
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -75,11 +81,18 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     cfg.reconfirm_days = settings.reconfirm_days;
     cfg.dormant_days = settings.dormant_days;
     cfg.activity_window_days = settings.activity_window_days;
-    let mut broker = Broker::start(cfg, store, KeyRing::new(key), Arc::new(SystemClock))
+    let mut broker = Broker::start(cfg, store, ring, Arc::new(SystemClock))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let kek = datadir::kek(&settings.data_dir, settings.kek_env.as_deref())?;
     broker.set_kek(kek).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if replicated {
+        broker
+            .enable_replication()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot follow the shared store: {e}"))?;
+        tokio::spawn(broker.clone().follow());
+        tracing::info!("following other replicas on the shared store");
+    }
     let gateway = match &settings.gateway {
         Some(g) => Some(
             mandate_gateway::Gateway::start(broker.clone(), g.clone())

@@ -58,11 +58,14 @@ pub fn npm_package(name: &str) -> PathBuf {
 /// A running broker process.
 pub struct Broker {
     pub url: String,
+    /// The issuer credentials name: the URL, unless replicas share a public URL.
+    pub issuer: Option<String>,
     pub dir: tempfile::TempDir,
     pub admin_token: String,
     pub http: reqwest::Client,
     child: Option<Child>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Drop for Broker {
@@ -73,14 +76,20 @@ impl Drop for Broker {
     }
 }
 
-async fn spawn(dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
-    spawn_logged(dir, listen, extra, None).await
+async fn spawn(
+    dir: &Path,
+    listen: &str,
+    extra: &[String],
+    env: &[(String, String)],
+) -> (Child, String) {
+    spawn_logged(dir, listen, extra, env, None).await
 }
 
 async fn spawn_logged(
     dir: &Path,
     listen: &str,
     extra: &[String],
+    env: &[(String, String)],
     log: Option<&Path>,
 ) -> (Child, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -91,6 +100,7 @@ async fn spawn_logged(
         .arg("--listen")
         .arg(listen)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("MANDATE_LOG", if log.is_some() { "debug" } else { "warn" })
         .env_remove("MANDATE_CONFIG")
         .stdout(Stdio::piped())
@@ -130,18 +140,73 @@ impl Broker {
     pub async fn start_logged(extra: &[&str], log: Option<&Path>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, url) = spawn_logged(dir.path(), "127.0.0.1:0", &extra, log).await;
+        let (child, url) = spawn_logged(dir.path(), "127.0.0.1:0", &extra, &[], log).await;
         let admin_token = std::fs::read_to_string(dir.path().join("admin.token"))
             .expect("bootstrap token")
             .trim()
             .to_string();
         Broker {
             url,
+            issuer: None,
             dir,
             admin_token,
             http: reqwest::Client::new(),
             child: Some(child),
             extra,
+            env: Vec::new(),
+        }
+    }
+
+    /// Starts one replica on a shared store (`--store URL`) with a shared key-encryption key.
+    /// The first replica writes the bootstrap admin token; later ones are given it.
+    pub async fn start_replica(
+        store: &str,
+        kek: &str,
+        admin_token: Option<&str>,
+        extra: &[&str],
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Replicas sit behind one public URL: that is the issuer of every credential.
+        let issuer = "http://mandate-replicas.test".to_string();
+        let mut args = vec![
+            "--store".to_string(),
+            store.to_string(),
+            "--public-url".to_string(),
+            issuer.clone(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let env = vec![("MANDATE_KEK".to_string(), kek.to_string())];
+        // The process announces its public URL; the test talks to the port it listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let (child, _) = spawn(dir.path(), &listen, &args, &env).await;
+        let url = format!("http://{listen}");
+        let admin_token = match admin_token {
+            Some(t) => t.to_string(),
+            None => std::fs::read_to_string(dir.path().join("admin.token"))
+                .expect("bootstrap token of the first replica")
+                .trim()
+                .to_string(),
+        };
+        Broker {
+            url,
+            issuer: Some(issuer),
+            dir,
+            admin_token,
+            http: reqwest::Client::new(),
+            child: Some(child),
+            extra: args,
+            env,
+        }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and leaves it down.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.expect("kill");
         }
     }
 
@@ -153,7 +218,7 @@ impl Broker {
         }
         // Same port, so the issuer (and every credential issued before) stays valid.
         let addr = self.url.trim_start_matches("http://").to_string();
-        let (child, url) = spawn(self.dir.path(), &addr, &self.extra).await;
+        let (child, url) = spawn(self.dir.path(), &addr, &self.extra, &self.env).await;
         self.child = Some(child);
         self.url = url;
     }
@@ -234,8 +299,11 @@ impl Broker {
     }
 
     pub fn assertion(&self, key: &AgentKey, agent: &str) -> String {
-        key.assertion(agent, &self.token_endpoint(), 60)
-            .expect("sign")
+        let aud = format!(
+            "{}/oauth/token",
+            self.issuer.as_deref().unwrap_or(&self.url)
+        );
+        key.assertion(agent, &aud, 60).expect("sign")
     }
 
     /// POSTs a form to the token endpoint.

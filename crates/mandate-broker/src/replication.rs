@@ -1,0 +1,245 @@
+//! Several replicas on one database. Every change that matters to a decision (a task opened or
+//! ended, an agent suspended, an owner removed, labels gained, policies or keys changed) is
+//! written in the same transaction as its audit event, and the audit log is one chain whose
+//! sequence numbers are handed out in commit order under a row lock. So a replica learns every
+//! other replica's changes, and misses none, by reading the audit log past the last sequence
+//! number it applied: it polls every `follow_interval` (and catches up in pages after a gap),
+//! then re-reads the rows each event names.
+//!
+//! A replica that cannot read the log refuses decisions once its view is older than
+//! `max_staleness`: it cannot prove a task was not revoked elsewhere meanwhile. It recovers on
+//! the next successful read.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use mandate_core::audit::{AuditEvent, EventKind};
+use mandate_core::{AgentId, TaskId, TaskState};
+use mandate_store::StoreError;
+
+use crate::Broker;
+
+/// Records read per catch-up page.
+const PAGE: i64 = 2000;
+
+/// Where this replica is in the shared log.
+#[derive(Debug, Default)]
+pub(crate) struct Follower {
+    enabled: AtomicBool,
+    /// Last sequence number applied.
+    seq: AtomicI64,
+    /// When the log was last read successfully (ms since the epoch, by the broker's clock).
+    synced_ms: AtomicI64,
+}
+
+impl Broker {
+    /// Makes this broker one replica among several on a shared store: from now on it follows
+    /// the others' changes (call [`Broker::follow`] to run the loop) and refuses decisions when
+    /// it has lost the store for longer than `max_staleness`.
+    pub async fn enable_replication(&self) -> Result<(), StoreError> {
+        let head = self.store.audit_head().await?.map_or(0, |(s, _)| s);
+        self.follower.seq.store(head, Ordering::SeqCst);
+        self.follower
+            .synced_ms
+            .store(self.now().0, Ordering::SeqCst);
+        self.follower.enabled.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Follows the shared log until the process ends.
+    pub async fn follow(self: Arc<Self>) {
+        let mut failing = false;
+        loop {
+            match self.follow_once().await {
+                Ok(n) => {
+                    if failing {
+                        tracing::info!("store reachable again; following other replicas");
+                        failing = false;
+                    }
+                    if n as i64 == PAGE {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    self.lost_store();
+                    if !failing {
+                        tracing::error!(error = %e, "cannot read the shared audit log; decisions stop when this view goes stale");
+                        failing = true;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(self.cfg.follow_interval_ms)).await;
+        }
+    }
+
+    /// Applies what other replicas committed since the last call; returns how many records
+    /// were read.
+    pub async fn follow_once(&self) -> Result<usize, StoreError> {
+        let started = self.now();
+        let from = self.follower.seq.load(Ordering::SeqCst) + 1;
+        let page = self.store.audit_range(from, PAGE).await?;
+        for r in &page {
+            match r.event() {
+                Ok(e) => self.apply_remote(&e).await?,
+                Err(e) => {
+                    tracing::error!(seq = r.seq, error = %e, "unreadable audit record skipped")
+                }
+            }
+            self.follower.seq.store(r.seq, Ordering::SeqCst);
+        }
+        self.follower.synced_ms.store(started.0, Ordering::SeqCst);
+        metrics::gauge!("mandate_replication_seq")
+            .set(self.follower.seq.load(Ordering::SeqCst) as f64);
+        Ok(page.len())
+    }
+
+    /// Marks this replica's view as unproven at once: the store just failed, so changes other
+    /// replicas make cannot reach it. Decisions stop until the log is read again.
+    pub(crate) fn lost_store(&self) {
+        if self.follower.enabled.load(Ordering::Relaxed) {
+            self.follower
+                .synced_ms
+                .store(i64::MIN / 2, Ordering::SeqCst);
+        }
+    }
+
+    /// When replicated and the last successful read of the log is older than allowed, why
+    /// decisions must stop.
+    pub(crate) fn stale(&self) -> Option<String> {
+        if !self.follower.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let age = self.now().0 - self.follower.synced_ms.load(Ordering::Relaxed);
+        (age > self.cfg.max_staleness_ms).then(|| {
+            "this replica has lost the store: it cannot prove the task is still active, so it decides nothing until it reaches the store again".to_string()
+        })
+    }
+
+    async fn apply_remote(&self, e: &AuditEvent) -> Result<(), StoreError> {
+        match e.kind {
+            EventKind::TaskOpened
+            | EventKind::TaskCompleted
+            | EventKind::TaskExpired
+            | EventKind::TaskRevoked => {
+                if let Some(id) = e.task.as_deref() {
+                    self.refresh_task(id, e.kind).await?;
+                }
+            }
+            EventKind::Decision | EventKind::FlowReported | EventKind::GatewayCall => {
+                let added = e.detail.get("flow_added").is_some_and(|v| !v.is_null());
+                if added && let Some(id) = e.task.as_deref() {
+                    self.refresh_task(id, e.kind).await?;
+                }
+            }
+            EventKind::AgentAdded
+            | EventKind::AgentSuspended
+            | EventKind::AgentResumed
+            | EventKind::AgentConfirmed => {
+                if let Some(id) = e.agent.as_deref().and_then(|a| AgentId::parse(a).ok()) {
+                    if let Some(a) = self.store.agent(&id).await? {
+                        if a.status == mandate_core::AgentStatus::Suspended {
+                            // Its tasks' revocations follow in the log; end them here now.
+                            let reason = e.reason.clone().unwrap_or_default();
+                            for t in self
+                                .inventory
+                                .tasks_where(|t| t.state == TaskState::Active && t.agent == id)
+                            {
+                                t.end(TaskState::Revoked, e.time, &reason);
+                            }
+                        }
+                        self.inventory.put_agent(a);
+                    }
+                    self.rebuild_entities();
+                }
+            }
+            EventKind::OwnerAdded | EventKind::OwnerRemoved => {
+                for o in self.inventory.owners() {
+                    if self.store.owner(&o.id).await?.is_none() {
+                        self.inventory.remove_owner(&o.id);
+                    }
+                }
+                for o in self.store.owners().await? {
+                    self.inventory.put_owner(o);
+                }
+                for a in self.store.agents().await? {
+                    self.inventory.put_agent(a);
+                }
+                self.rebuild_entities();
+            }
+            EventKind::PolicyLoaded => {
+                let theirs = e.detail.get("policy_digest").and_then(|d| d.as_str());
+                let ours = self.policy.current().digest().to_string();
+                if theirs.is_some_and(|d| d != ours)
+                    && let Err(err) = self.reload_policies(Some("replica")).await
+                {
+                    tracing::error!(error = %err, "another replica loaded policies this one cannot");
+                }
+            }
+            EventKind::KeyRotated => self.reload_keys().await,
+            EventKind::SecretSet | EventKind::SecretDeleted => {
+                if let Some(name) = e.resource.as_deref() {
+                    self.forget_secret(name.trim_start_matches("secret:"));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Brings one task in line with the store: ends it here when it ended elsewhere, adopts a
+    /// task opened elsewhere, and takes on labels gained elsewhere.
+    async fn refresh_task(&self, id: &str, kind: EventKind) -> Result<(), StoreError> {
+        let local = self.inventory.task(id);
+        // This replica's own changes are already in memory: skip the read when nothing is new.
+        if let Some(entry) = &local {
+            let state = entry.read().state;
+            let nothing_new = match kind {
+                EventKind::TaskOpened => true,
+                EventKind::TaskCompleted | EventKind::TaskExpired | EventKind::TaskRevoked => {
+                    state != TaskState::Active
+                }
+                _ => false,
+            };
+            if nothing_new {
+                return Ok(());
+            }
+        }
+        let Ok(task_id) = TaskId::parse(id) else {
+            return Ok(());
+        };
+        let Some(stored) = self.store.task(&task_id).await? else {
+            return Ok(());
+        };
+        match local {
+            None => {
+                if stored.state == TaskState::Active {
+                    self.inventory.put_task(stored);
+                }
+            }
+            Some(entry) => {
+                if stored.state != TaskState::Active {
+                    let at = stored.ended_at.unwrap_or_else(|| self.now());
+                    let reason = stored.end_reason.clone().unwrap_or_default();
+                    if let Some(t) = entry.end(stored.state, at, &reason) {
+                        // Ended elsewhere: what was delegated from it ends here too, and the
+                        // replica that ended it records those.
+                        for d in self.inventory.descendants(&t.id) {
+                            d.end(TaskState::Revoked, at, &reason);
+                        }
+                    }
+                } else {
+                    let mut t = entry.write();
+                    t.flow.absorb(&stored.flow);
+                    t.provenance = stored.provenance.clone();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Default poll interval of the follower, in milliseconds.
+pub const DEFAULT_FOLLOW_INTERVAL_MS: u64 = 100;
+/// Default longest a replica decides without having read the shared log, in milliseconds.
+pub const DEFAULT_MAX_STALENESS_MS: i64 = 1000;

@@ -1,0 +1,354 @@
+//! Several `mandate serve` processes on one PostgreSQL database: shared keys and state,
+//! completion, suspension and policy changes on one replica refused on the others within a
+//! second or so, assertion replay refused across replicas, one audit chain, a killed replica
+//! leaving the others serving, and a replica that loses the database refusing decisions until
+//! it reaches it again.
+//!
+//! PostgreSQL comes from `MANDATE_TEST_POSTGRES_URL`, set by `scripts/test`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail on any surprise"
+)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Broker, JWT_BEARER, task_details};
+use serde_json::Value;
+use sqlx::Connection;
+
+const PG_ENV: &str = "MANDATE_TEST_POSTGRES_URL";
+/// Generous bound for propagation, so a loaded machine does not fail the test; the real
+/// figures are printed and measured in the benchmark.
+const BOUND: Duration = Duration::from_secs(5);
+
+/// A fresh database on the test server.
+async fn fresh_db() -> String {
+    let admin = std::env::var(PG_ENV).unwrap_or_else(|_| {
+        panic!("{PG_ENV} is not set: run scripts/test (or scripts/setup-postgres and export it)")
+    });
+    let name = format!("r_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+fn kek() -> String {
+    mandate_crypto::seal::Kek::generate()
+        .to_base64()
+        .expose()
+        .to_string()
+}
+
+/// Waits until `f` holds, up to `BOUND`; returns how long it took.
+async fn within<F, Fut>(what: &str, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < BOUND {
+        if f().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{what}: not within {BOUND:?}");
+}
+
+async fn status(b: &Broker, token: &str) -> u16 {
+    b.decide(token, "read", "resource", "logs").await.0
+}
+
+#[tokio::test]
+async fn three_replicas_share_one_state() {
+    let url = fresh_db().await;
+    let kek = kek();
+    let a = Broker::start_replica(&url, &kek, None, &[]).await;
+    let policies = a.data_dir().join("policies");
+    let shared = ["--policy-dir", policies.to_str().unwrap()];
+    let b = Broker::start_replica(&url, &kek, Some(&a.admin_token), &shared).await;
+    let c = Broker::start_replica(&url, &kek, Some(&a.admin_token), &shared).await;
+
+    // One key set: every replica publishes the same JWKS.
+    let jwks = |r: &Broker| {
+        let u = format!("{}/.well-known/jwks.json", r.url);
+        let http = r.http.clone();
+        async move {
+            http.get(u)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(jwks(&a).await, jwks(&b).await);
+    assert_eq!(jwks(&a).await, jwks(&c).await);
+
+    a.add_owner("ops").await;
+    let key = a.add_agent("bot", "ops", "low", "read:logs").await;
+    // B learns of the agent; a task it opens is good on A and C.
+    within("agent known on B", || async {
+        b.open_scope(&key, "bot", "read:logs").await.0 == 200
+    })
+    .await;
+    let (_, t) = b.open_scope(&key, "bot", "read:logs").await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    within("task opened on B decides on A", || async {
+        status(&a, &token).await == 200
+    })
+    .await;
+    within("and on C", || async { status(&c, &token).await == 200 }).await;
+
+    // Completed on B, refused on A and C.
+    let (_, t) = a.open_scope(&key, "bot", "read:logs").await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    within("task opened on A decides on B", || async {
+        status(&b, &token).await == 200
+    })
+    .await;
+    assert_eq!(b.revoke_as_agent(&key, "bot", &token).await.0, 200);
+    let on_a = within("completion on B refused on A", || async {
+        status(&a, &token).await == 401
+    })
+    .await;
+    within("and on C", || async { status(&c, &token).await == 401 }).await;
+    eprintln!("completion on B reached A in {on_a:?}");
+
+    // S7: the kill switch on C ends the agent's tasks everywhere.
+    let (_, t) = a.open_scope(&key, "bot", "read:logs").await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    within("decides on B", || async { status(&b, &token).await == 200 }).await;
+    let (s, v) = c
+        .admin_post("/admin/v1/agents/bot/suspend", serde_json::json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let on_a = within("suspension on C refused on A", || async {
+        status(&a, &token).await == 401
+    })
+    .await;
+    within("and on B", || async { status(&b, &token).await == 401 }).await;
+    eprintln!("suspension on C reached A in {on_a:?}");
+    within("B refuses new tasks of the suspended agent", || async {
+        b.open_scope(&key, "bot", "read:logs").await.0 == 400
+    })
+    .await;
+    let (s, _) = c
+        .admin_post("/admin/v1/agents/bot/resume", serde_json::json!({}))
+        .await;
+    assert_eq!(s, 200);
+
+    // S8: a policy change loaded on A revokes the task opened on B, and B and C load it too.
+    within("B sees the resumed agent", || async {
+        b.open_scope(&key, "bot", "read:logs").await.0 == 200
+    })
+    .await;
+    let (_, t) = b.open_scope(&key, "bot", "read:logs").await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    within("decides on A", || async { status(&a, &token).await == 200 }).await;
+    a.set_policies(&[(
+        "60-no-logs.cedar",
+        "@id(\"no-logs-tasks\")\n@reason(\"log access is closed\")\nforbid (principal, action == Mandate::Action::\"open_task\", resource)\nwhen { context.task.granted.contains(\"read:logs\") };\n",
+    )]);
+    within("policy change on A refused on B", || async {
+        status(&b, &token).await == 401
+    })
+    .await;
+    let digest = |r: &Broker| {
+        let u = format!("{}/healthz", r.url);
+        let http = r.http.clone();
+        async move {
+            http.get(u)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()["policy_digest"]
+                .clone()
+        }
+    };
+    let want = digest(&a).await;
+    within("C loaded the same policies", || async {
+        digest(&c).await == want
+    })
+    .await;
+    let (s, v) = c.open_scope(&key, "bot", "read:logs").await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["mandate_policies"], serde_json::json!(["no-logs-tasks"]));
+
+    // An assertion spent on one replica is refused on another.
+    let assertion = a.assertion(&key, "bot");
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", JWT_BEARER),
+        ("client_assertion", assertion.as_str()),
+        (
+            "authorization_details",
+            &task_details("x", "ops", &[("reports", &["read"])], 60).to_string(),
+        ),
+    ];
+    let (s1, _) = a.token_form(&form, None).await;
+    let (s2, v) = b.token_form(&form, None).await;
+    assert_ne!(s1, 401);
+    assert_eq!(s2, 401, "{v}");
+    assert!(v["error_description"].as_str().unwrap().contains("replay"));
+
+    // Key rotation on B: all replicas sign with the new key and still accept the old one.
+    let (s, v) = b
+        .admin_post("/admin/v1/keys/rotate", serde_json::json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let new_kid = v["kid"].as_str().unwrap().to_string();
+    within("A publishes both keys", || async {
+        let j = jwks(&a).await;
+        let kids: Vec<&str> = j["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|k| k["kid"].as_str())
+            .collect();
+        kids.len() == 2 && kids.contains(&new_kid.as_str())
+    })
+    .await;
+
+    // One audit chain across the three writers.
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "--data-dir",
+            a.data_dir().to_str().unwrap(),
+            "audit",
+            "verify",
+        ])
+        .env("MANDATE_STORE", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TCP relay between one replica and PostgreSQL that the test can cut and restore.
+struct Relay {
+    port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (flag, list) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !flag.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                list.lock().unwrap().push(h);
+            }
+        });
+        Relay { port, up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn replicas_survive_a_killed_peer_and_fail_closed_without_the_database() {
+    let url = fresh_db().await;
+    let kek = kek();
+    let mut a = Broker::start_replica(&url, &kek, None, &[]).await;
+    let b = Broker::start_replica(&url, &kek, Some(&a.admin_token), &[]).await;
+    // C reaches the database through a relay the test controls.
+    let hostport = url
+        .split("@")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let relay = Relay::start(hostport.clone()).await;
+    let via = url.replace(&hostport, &format!("127.0.0.1:{}", relay.port));
+    let c = Broker::start_replica(&via, &kek, Some(&a.admin_token), &[]).await;
+
+    a.add_owner("ops").await;
+    let key = a.add_agent("bot", "ops", "low", "read:logs").await;
+    let (_, t) = a.open_scope(&key, "bot", "read:logs").await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    within("decides on B", || async { status(&b, &token).await == 200 }).await;
+    within("decides on C", || async { status(&c, &token).await == 200 }).await;
+
+    // A dies mid-work: B carries on with A's tasks and opens new ones.
+    a.kill().await;
+    assert_eq!(status(&b, &token).await, 200);
+    assert_eq!(b.open_scope(&key, "bot", "read:logs").await.0, 200);
+
+    // C loses the database: it stops deciding (503) rather than trusting a stale view, while
+    // the task is revoked elsewhere.
+    relay.cut();
+    within("C refuses while cut off", || async {
+        status(&c, &token).await == 503
+    })
+    .await;
+    let (s, v) = b
+        .admin_post("/admin/v1/agents/bot/suspend", serde_json::json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(status(&c, &token).await, 503);
+    // Back online, C catches up: the task revoked meanwhile is refused, never allowed.
+    relay.restore();
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < BOUND * 2 {
+        let (s, v) = c.decide(&token, "read", "resource", "logs").await;
+        let _ = v;
+        seen.push(s);
+        if s == 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(seen.last(), Some(&401), "C never caught up: {seen:?}");
+    assert!(
+        !seen.contains(&200),
+        "C allowed a task revoked while it was cut off: {seen:?}"
+    );
+}
