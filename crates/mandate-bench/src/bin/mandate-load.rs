@@ -42,6 +42,10 @@ enum Scenario {
     HttpDirect,
     /// `GET /http/api/items/1` through the gateway's reverse proxy (an API named `api`).
     HttpGateway,
+    /// Revocation propagation across replicas (`--replicas 2` or more on `--store`): opens a
+    /// task on one replica, completes it on another, and times until a third (or the first)
+    /// refuses it; `--rounds` times.
+    Propagation,
 }
 
 /// Load harness for Mandate.
@@ -89,7 +93,20 @@ struct Args {
     /// exit (for driving the load with another tool, e.g. wrk).
     #[arg(long, requires = "url")]
     setup_only: bool,
+    /// Store of the spawned servers (e.g. `postgres://…`); default: each its own SQLite file.
+    #[arg(long)]
+    store: Option<String>,
+    /// Spawn this many replicas on `--store` behind one public URL; connections are spread
+    /// over them round-robin.
+    #[arg(long, default_value_t = 1, requires = "store")]
+    replicas: usize,
+    /// Rounds of the propagation scenario.
+    #[arg(long, default_value_t = 200)]
+    rounds: usize,
 }
+
+/// The issuer replicas share (their public URL behind a load balancer).
+const REPLICA_ISSUER: &str = "http://mandate-bench.test";
 
 /// A spawned server, killed on drop.
 struct Spawned {
@@ -119,16 +136,19 @@ fn bench_policies(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn spawn(args: &Args) -> anyhow::Result<(Spawned, String, String)> {
+async fn spawn(args: &Args, kek: Option<&str>) -> anyhow::Result<(Spawned, String, String)> {
     let dir = tempfile::tempdir()?;
     let policies = dir.path().join("bench-policies");
     bench_policies(&policies)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut cmd = tokio::process::Command::new(&args.mandate_bin);
     cmd.arg("serve")
         .arg("--data-dir")
         .arg(dir.path())
         .arg("--listen")
-        .arg("127.0.0.1:0")
+        .arg(format!("127.0.0.1:{port}"))
         .arg("--policy-dir")
         .arg(&policies)
         .env("MANDATE_LOG", "warn")
@@ -137,26 +157,36 @@ async fn spawn(args: &Args) -> anyhow::Result<(Spawned, String, String)> {
     if let Some(c) = &args.config {
         cmd.arg("--config").arg(c);
     }
+    if let Some(store) = &args.store {
+        cmd.arg("--store").arg(store);
+    }
+    if let Some(kek) = kek {
+        cmd.env("MANDATE_KEK", kek)
+            .arg("--public-url")
+            .arg(REPLICA_ISSUER);
+    }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start {}", args.mandate_bin.display()))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
+    loop {
         match lines.next_line().await? {
-            Some(l) => {
-                if let Some(u) = l.strip_prefix("mandate listening on ") {
-                    break u.to_string();
-                }
-            }
+            Some(l) if l.starts_with("mandate listening on ") => break,
+            Some(_) => {}
             None => bail!("mandate serve exited before listening"),
         }
-    };
+    }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let token = std::fs::read_to_string(dir.path().join("admin.token"))?
-        .trim()
-        .to_string();
-    Ok((Spawned { child, _dir: dir }, url, token))
+    // Only the first replica on a store writes the bootstrap token.
+    let token = std::fs::read_to_string(dir.path().join("admin.token"))
+        .map(|t| t.trim().to_string())
+        .unwrap_or_default();
+    Ok((
+        Spawned { child, _dir: dir },
+        format!("http://127.0.0.1:{port}"),
+        token,
+    ))
 }
 
 async fn admin(
@@ -181,9 +211,17 @@ async fn admin(
 }
 
 fn assertion(key: &AgentKey, agent: &str, url: &str) -> anyhow::Result<String> {
-    key.assertion(agent, &format!("{url}/oauth/token"), 300)
+    let issuer = if url.starts_with("http://127.0.0.1") && REPLICAS.load(Ordering::Relaxed) > 0 {
+        REPLICA_ISSUER
+    } else {
+        url
+    };
+    key.assertion(agent, &format!("{issuer}/oauth/token"), 300)
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
+
+/// Set when the harness spawned replicas behind [`REPLICA_ISSUER`].
+static REPLICAS: AtomicU64 = AtomicU64::new(0);
 
 async fn open_task(
     client: &reqwest::Client,
@@ -220,6 +258,8 @@ async fn main() -> anyhow::Result<()> {
         return direct(&args).await;
     }
     let setup = reqwest::Client::new();
+    let mut servers: Vec<Spawned> = Vec::new();
+    let mut urls: Vec<String> = Vec::new();
     let (server, url, admin_token) = match (&args.url, &args.token_file) {
         (Some(u), Some(f)) => (
             None,
@@ -227,10 +267,26 @@ async fn main() -> anyhow::Result<()> {
             std::fs::read_to_string(f)?.trim().to_string(),
         ),
         _ => {
-            let (s, u, t) = spawn(&args).await?;
+            let kek = (args.store.is_some()).then(|| {
+                mandate_crypto::seal::Kek::generate()
+                    .to_base64()
+                    .expose()
+                    .to_string()
+            });
+            if kek.is_some() {
+                REPLICAS.store(args.replicas as u64, Ordering::Relaxed);
+            }
+            let (s, u, t) = spawn(&args, kek.as_deref()).await?;
+            for _ in 1..args.replicas {
+                let (s, u, _) = spawn(&args, kek.as_deref()).await?;
+                servers.push(s);
+                urls.push(u);
+            }
             (Some(s), u, t)
         }
     };
+    urls.insert(0, url.clone());
+    let urls = Arc::new(urls);
     let _ = admin(
         &setup,
         &url,
@@ -263,6 +319,13 @@ async fn main() -> anyhow::Result<()> {
         println!("{token}");
         return Ok(());
     }
+    if args.scenario == Scenario::Propagation {
+        return propagation(&args, &urls, &agent_id, &key).await;
+    }
+    // Replicas learn of the agent and the task from the shared log.
+    if urls.len() > 1 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -274,12 +337,12 @@ async fn main() -> anyhow::Result<()> {
         .rate
         .map(|r| Duration::from_secs_f64(args.connections as f64 / r.max(1) as f64));
     let mut workers = Vec::new();
-    for _ in 0..args.connections {
+    for conn in 0..args.connections {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(1)
             .build()?;
-        let (url, token, key, agent_id) =
-            (url.clone(), token.clone(), key.clone(), agent_id.clone());
+        let url = urls[conn % urls.len()].clone();
+        let (token, key, agent_id) = (token.clone(), key.clone(), agent_id.clone());
         let (stop, measuring, totals) = (stop.clone(), measuring.clone(), totals.clone());
         let scenario = args.scenario;
         workers.push(tokio::spawn(async move {
@@ -355,7 +418,7 @@ async fn main() -> anyhow::Result<()> {
                             .send()
                             .await
                     }
-                    Scenario::McpDirect | Scenario::HttpDirect => continue,
+                    Scenario::McpDirect | Scenario::HttpDirect | Scenario::Propagation => continue,
                 };
                 let ok = match sent {
                     Ok(r) => {
@@ -380,18 +443,21 @@ async fn main() -> anyhow::Result<()> {
             hist
         }));
     }
-    let server_pid = server
-        .as_ref()
-        .and_then(|s| s.child.id())
-        .or(args.server_pid);
+    let server_pids: Vec<u32> = server
+        .iter()
+        .chain(servers.iter())
+        .filter_map(|s| s.child.id())
+        .chain(args.server_pid)
+        .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let cpu_before = CpuSample::take(server_pid);
+    let cpu_before = CpuSample::take_all(&server_pids);
     measuring.store(true, Ordering::Relaxed);
     let began = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = began.elapsed().as_secs_f64();
-    let cpu = CpuSample::take(server_pid).since(&cpu_before);
+    let cpu = CpuSample::take_all(&server_pids).since(&cpu_before);
+    drop(servers);
     stop.store(true, Ordering::Relaxed);
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for w in workers {
@@ -577,6 +643,21 @@ impl CpuSample {
         }
     }
 
+    /// CPU of all these servers together.
+    fn take_all(pids: &[u32]) -> Self {
+        let server = if pids.is_empty() {
+            None
+        } else {
+            pids.iter()
+                .map(|p| cpu_seconds(&format!("/proc/{p}/stat")))
+                .sum::<Option<f64>>()
+        };
+        Self {
+            server,
+            client: cpu_seconds("/proc/self/stat"),
+        }
+    }
+
     fn since(&self, before: &Self) -> Self {
         let d = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
         Self {
@@ -638,4 +719,94 @@ fn print_report(
             fmt(per_req(cpu.client)),
         );
     }
+}
+
+/// Revocation propagation: for each round, a task opened on replica `i`, seen live on replica
+/// `j`, completed on replica `i`; the time until `j` refuses it.
+async fn propagation(
+    args: &Args,
+    urls: &[String],
+    agent: &str,
+    key: &AgentKey,
+) -> anyhow::Result<()> {
+    if urls.len() < 2 {
+        bail!("the propagation scenario needs --replicas 2 or more");
+    }
+    let client = reqwest::Client::new();
+    let decide = |url: &str, token: &str| {
+        client
+            .post(format!("{url}/v1/decide"))
+            .bearer_auth(token)
+            .json(&json!({"action": "read", "resource": {"type": "resource", "id": "data"}}))
+            .send()
+    };
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut failed = 0;
+    for round in 0..args.rounds {
+        let (i, j) = (round % urls.len(), (round + 1) % urls.len());
+        let v: Value = open_task(&client, &urls[i], agent, key)
+            .await?
+            .json()
+            .await?;
+        let token = v
+            .get("access_token")
+            .and_then(Value::as_str)
+            .context("no task credential")?
+            .to_string();
+        // Wait until the other replica knows the task.
+        let seen = Instant::now();
+        while decide(&urls[j], &token).await?.status() != 200 {
+            if seen.elapsed() > Duration::from_secs(10) {
+                bail!("replica {j} never saw the task");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let a = assertion(key, agent, &urls[i])?;
+        let revoked = client
+            .post(format!("{}/oauth/revoke", urls[i]))
+            .form(&[
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", a.as_str()),
+                ("token", token.as_str()),
+            ])
+            .send()
+            .await?;
+        let done = Instant::now();
+        if !revoked.status().is_success() {
+            bail!("revocation refused: {}", revoked.status());
+        }
+        loop {
+            let s = decide(&urls[j], &token).await?.status();
+            if s == 401 {
+                let us = u64::try_from(done.elapsed().as_micros()).unwrap_or(u64::MAX);
+                hist.record(us.max(1))?;
+                break;
+            }
+            if done.elapsed() > Duration::from_secs(10) {
+                failed += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    if args.json {
+        println!(
+            "{}",
+            json!({"scenario": "propagation", "replicas": urls.len(), "rounds": hist.len(),
+                   "not_propagated_in_10s": failed, "p50_ms": ms(0.5), "p99_ms": ms(0.99),
+                   "max_ms": hist.max() as f64 / 1000.0})
+        );
+    } else {
+        println!(
+            "propagation over {} replicas, {} rounds: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} not propagated within 10 s",
+            urls.len(),
+            hist.len(),
+            ms(0.5),
+            ms(0.99),
+            hist.max() as f64 / 1000.0,
+            failed
+        );
+    }
+    Ok(())
 }
