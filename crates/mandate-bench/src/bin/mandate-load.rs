@@ -341,7 +341,7 @@ async fn main() -> anyhow::Result<()> {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(1)
             .build()?;
-        let url = urls[conn % urls.len()].clone();
+        let url = urls.get(conn % urls.len()).cloned().unwrap_or_default();
         let (token, key, agent_id) = (token.clone(), key.clone(), agent_id.clone());
         let (stop, measuring, totals) = (stop.clone(), measuring.clone(), totals.clone());
         let scenario = args.scenario;
@@ -744,10 +744,11 @@ async fn propagation(
     let mut failed = 0;
     for round in 0..args.rounds {
         let (i, j) = (round % urls.len(), (round + 1) % urls.len());
-        let v: Value = open_task(&client, &urls[i], agent, key)
-            .await?
-            .json()
-            .await?;
+        let (from, to) = (
+            urls.get(i).context("replica")?.as_str(),
+            urls.get(j).context("replica")?.as_str(),
+        );
+        let v: Value = open_task(&client, from, agent, key).await?.json().await?;
         let token = v
             .get("access_token")
             .and_then(Value::as_str)
@@ -755,15 +756,15 @@ async fn propagation(
             .to_string();
         // Wait until the other replica knows the task.
         let seen = Instant::now();
-        while decide(&urls[j], &token).await?.status() != 200 {
+        while decide(to, &token).await?.status() != 200 {
             if seen.elapsed() > Duration::from_secs(10) {
                 bail!("replica {j} never saw the task");
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let a = assertion(key, agent, &urls[i])?;
+        let a = assertion(key, agent, from)?;
         let revoked = client
-            .post(format!("{}/oauth/revoke", urls[i]))
+            .post(format!("{}/oauth/revoke", from))
             .form(&[
                 ("client_assertion_type", JWT_BEARER),
                 ("client_assertion", a.as_str()),
@@ -776,7 +777,7 @@ async fn propagation(
             bail!("revocation refused: {}", revoked.status());
         }
         loop {
-            let s = decide(&urls[j], &token).await?.status();
+            let s = decide(to, &token).await?.status();
             if s == 401 {
                 let us = u64::try_from(done.elapsed().as_micros()).unwrap_or(u64::MAX);
                 hist.record(us.max(1))?;
