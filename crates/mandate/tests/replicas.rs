@@ -352,3 +352,218 @@ async fn replicas_survive_a_killed_peer_and_fail_closed_without_the_database() {
         "C allowed a task revoked while it was cut off: {seen:?}"
     );
 }
+
+/// A PostgreSQL server of this test's own (the shared one serves other tests running at the same
+/// time), started by `scripts/setup-postgres` and stopped on drop.
+struct OwnServer {
+    state: tempfile::TempDir,
+    url: String,
+}
+
+impl OwnServer {
+    fn start() -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(common::repo().join("scripts/setup-postgres"))
+            .env("MANDATE_PG_STATE", state.path())
+            .output()
+            .expect("scripts/setup-postgres");
+        assert!(
+            out.status.success(),
+            "setup-postgres: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = std::fs::read_to_string(state.path().join("url"))
+            .unwrap()
+            .trim()
+            .to_string();
+        OwnServer { state, url }
+    }
+
+    /// Restarts it (clean shutdown, as an operator or a failover would).
+    fn restart(&self) {
+        let dir = std::fs::read_to_string(self.state.path().join("dir")).unwrap();
+        let data = format!("{}/data", dir.trim());
+        let pg_ctl = std::fs::read_to_string(format!("{data}/postmaster.opts"))
+            .ok()
+            .and_then(|o| {
+                o.split_whitespace()
+                    .next()
+                    .map(|b| b.trim_matches('"').to_string())
+            })
+            .map(|postgres| {
+                std::path::Path::new(&postgres)
+                    .with_file_name("pg_ctl")
+                    .display()
+                    .to_string()
+            })
+            .expect("postmaster.opts names the server binary");
+        let mut cmd = if running_as_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", &user_of(&data), "--", &pg_ctl]);
+            c
+        } else {
+            std::process::Command::new(&pg_ctl)
+        };
+        let out = cmd
+            .args(["restart", "-m", "fast", "-w", "-t", "60", "-D", &data, "-l"])
+            .arg(format!("{}/server.log", dir.trim()))
+            .output()
+            .expect("pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl restart: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(common::repo().join("scripts/stop-postgres"))
+            .env("MANDATE_PG_STATE", self.state.path())
+            .output();
+    }
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn user_of(path: &str) -> String {
+    let out = std::process::Command::new("stat")
+        .args(["-c", "%U", path])
+        .output()
+        .expect("stat");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn a_database_restart_mid_load_loses_no_acknowledged_write() {
+    let server = Arc::new(tokio::task::spawn_blocking(OwnServer::start).await.unwrap());
+    let url = server.url.clone();
+    let kek = kek();
+    let a = Broker::start_replica(&url, &kek, None, &[]).await;
+    let b = Broker::start_replica(&url, &kek, Some(&a.admin_token), &[]).await;
+    a.add_owner("ops").await;
+    let key = Arc::new(a.add_agent("bot", "ops", "low", "read:logs").await);
+    within("B knows the agent", || async {
+        b.open_scope(&key, "bot", "read:logs").await.0 == 200
+    })
+    .await;
+    // A task that will be revoked while the database is restarting.
+    let (_, t) = a.open_scope(&key, "bot", "read:logs").await;
+    let victim = t["access_token"].as_str().unwrap().to_string();
+    within("B decides it", || async {
+        status(&b, &victim).await == 200
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let mut load = Vec::new();
+    for r in [&a, &b] {
+        let (url, issuer) = (r.url.clone(), r.issuer.clone().unwrap());
+        let (stop, acked, key) = (stop.clone(), acked.clone(), key.clone());
+        load.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(Ordering::SeqCst) {
+                let assertion = key
+                    .assertion("bot", &format!("{issuer}/oauth/token"), 60)
+                    .unwrap();
+                let sent = http
+                    .post(format!("{url}/oauth/token"))
+                    .form(&[
+                        ("grant_type", "client_credentials"),
+                        ("client_assertion_type", JWT_BEARER),
+                        ("client_assertion", assertion.as_str()),
+                        ("scope", "read:logs"),
+                    ])
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 200 => {
+                        let v: Value = r.json().await.unwrap();
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push(v["task_id"].as_str().unwrap().to_string());
+                        ok += 1;
+                    }
+                    _ => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restarting = server.clone();
+    let restart = tokio::task::spawn_blocking(move || restarting.restart());
+    // Revoke the victim as soon as the database takes writes again.
+    let revoked_at = loop {
+        let r = a
+            .http
+            .post(format!(
+                "{}/admin/v1/tasks/{}/revoke",
+                a.url,
+                t["task_id"].as_str().unwrap()
+            ))
+            .bearer_auth(&a.admin_token)
+            .json(&serde_json::json!({"reason": "revoked during the restart"}))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            break Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    restart.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut totals = Vec::new();
+    for l in load {
+        totals.push(l.await.unwrap());
+    }
+    eprintln!("token requests (ok, failed) per replica through the restart: {totals:?}");
+    assert!(totals.iter().all(|(ok, _)| *ok > 0));
+
+    // Once the revocation was acknowledged and the replicas had a second to follow, neither
+    // allows the victim.
+    assert!(revoked_at.elapsed() >= Duration::from_secs(1));
+    assert_eq!(status(&a, &victim).await, 401);
+    assert_eq!(status(&b, &victim).await, 401);
+    // Every acknowledged task is in the store, and the chain verifies.
+    let mut db = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
+    let stored: Vec<(String,)> = sqlx::query_as("SELECT id FROM tasks")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    let stored: std::collections::HashSet<String> = stored.into_iter().map(|r| r.0).collect();
+    let acked = acked.lock().unwrap().clone();
+    let lost: Vec<&String> = acked.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "--data-dir",
+            a.data_dir().to_str().unwrap(),
+            "audit",
+            "verify",
+        ])
+        .env("MANDATE_STORE", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
