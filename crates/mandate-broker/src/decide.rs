@@ -192,6 +192,10 @@ impl VerifiedTokens {
 }
 
 /// Why a credential was refused, with what is known of it for the audit.
+/// A credential that passed: its claims, its task, and, on a replica, the DPoP proof's one-time
+/// key (and expiry) the caller must spend in the store so no other replica accepts it.
+type Checked = (Arc<AccessClaims>, Arc<TaskEntry>, Option<(String, i64)>);
+
 struct Refusal {
     error: DecideError,
     agent: Option<String>,
@@ -205,7 +209,7 @@ impl Broker {
         &self,
         token: &str,
         dpop: Option<&DpopInput>,
-    ) -> Result<(Arc<AccessClaims>, Arc<TaskEntry>), Refusal> {
+    ) -> Result<Checked, Refusal> {
         let now = self.now();
         let refuse = |error, agent: Option<&str>, task: Option<&str>| Refusal {
             error,
@@ -322,10 +326,12 @@ impl Broker {
                 ));
             }
             let until = proof.iat + self.cfg.dpop_max_age + self.cfg.leeway;
-            if !self
-                .replay
-                .first_use(format!("{}:{}", proof.jkt, proof.jti), until)
-            {
+            let key = format!("{}:{}", proof.jkt, proof.jti);
+            if self.replicated() {
+                // Other replicas must refuse this proof too: spent in the store by the caller.
+                return Ok((claims, entry, Some((format!("dpop-decide:{key}"), until))));
+            }
+            if !self.replay.first_use(key, until) {
                 return Err(refuse(
                     DecideError::InvalidDpopProof(
                         "dpop proof was already used (replay refused)".into(),
@@ -335,7 +341,7 @@ impl Broker {
                 ));
             }
         }
-        Ok((claims, entry))
+        Ok((claims, entry, None))
     }
 
     /// Decides one action and records it. Errors mean no decision could be made (bad input or a
@@ -593,7 +599,36 @@ impl Broker {
         action: &str,
         target: &Target,
     ) -> Result<(Arc<AccessClaims>, Arc<TaskEntry>), DecideError> {
-        match self.credential(token, dpop) {
+        let checked = match self.credential(token, dpop) {
+            Ok((claims, entry, None)) => return Ok((claims, entry)),
+            Ok((claims, entry, Some((key, until)))) => {
+                let spent = self
+                    .store
+                    .commit(vec![Op::ConsumeOnce {
+                        key,
+                        expires_at: mandate_core::Timestamp::from_secs(until),
+                    }])
+                    .await;
+                match spent {
+                    Ok(_) => return Ok((claims, entry)),
+                    Err(mandate_store::StoreError::Conflict(_)) => Err(Refusal {
+                        error: DecideError::InvalidDpopProof(
+                            "dpop proof was already used (replay refused)".into(),
+                        ),
+                        agent: Some(claims.client_id.clone()),
+                        task: Some(claims.task_id.clone()),
+                    }),
+                    Err(e) => {
+                        self.lost_store();
+                        return Err(DecideError::Unavailable(format!(
+                            "the dpop proof could not be checked against other replicas: {e}"
+                        )));
+                    }
+                }
+            }
+            Err(r) => Err(r),
+        };
+        match checked {
             Ok(ok) => Ok(ok),
             Err(r) => {
                 metrics::counter!("mandate_credentials_refused_total").increment(1);

@@ -94,6 +94,11 @@ impl Broker {
         Ok(page.len())
     }
 
+    /// Whether this broker is one replica among several on a shared store.
+    pub(crate) fn replicated(&self) -> bool {
+        self.follower.enabled.load(Ordering::Relaxed)
+    }
+
     /// Marks this replica's view as unproven at once: the store just failed, so changes other
     /// replicas make cannot reach it. Decisions stop until the log is read again.
     pub(crate) fn lost_store(&self) {

@@ -207,6 +207,82 @@ async fn three_replicas_share_one_state() {
     assert_eq!(s2, 401, "{v}");
     assert!(v["error_description"].as_str().unwrap().contains("replay"));
 
+    // A DPoP proof spent at one replica's decision point is refused at another's.
+    let reports = b.add_agent("bound", "ops", "low", "read:reports").await;
+    within("A knows the bound agent", || async {
+        a.open_task(
+            &reports,
+            "bound",
+            task_details("r", "ops", &[("reports", &["read"])], 60),
+            false,
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+    let proof = reports
+        .dpop_proof("POST", "http://mandate-replicas.test/oauth/token", None)
+        .unwrap();
+    let assertion = a.assertion(&reports, "bound");
+    let details = task_details("r", "ops", &[("reports", &["read"])], 60).to_string();
+    let (s, v) = a
+        .token_form(
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", assertion.as_str()),
+                ("authorization_details", details.as_str()),
+            ],
+            Some(&proof),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let bound = v["access_token"].as_str().unwrap().to_string();
+    let proof = reports
+        .dpop_proof(
+            "POST",
+            "http://mandate-replicas.test/v1/decide",
+            Some(&bound),
+        )
+        .unwrap();
+    let ask = |r: &Broker| {
+        let (http, url) = (r.http.clone(), format!("{}/v1/decide", r.url));
+        let (bound, proof) = (bound.clone(), proof.clone());
+        async move {
+            let resp = http
+                .post(url)
+                .header("Authorization", format!("DPoP {bound}"))
+                .header("DPoP", proof)
+                .json(&serde_json::json!({"action": "read", "resource": {"type": "resource", "id": "reports"}}))
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    within("B knows the bound task", || async {
+        let r = b
+            .http
+            .post(format!("{}/v1/decide", b.url))
+            .header("Authorization", format!("DPoP {bound}"))
+            .json(&serde_json::json!({"action": "read", "resource": {"type": "resource", "id": "reports"}}))
+            .send()
+            .await
+            .unwrap();
+        // Known: refused for the missing proof rather than for an unknown task.
+        r.text().await.unwrap().contains("DPoP proof is required")
+    })
+    .await;
+    let (s, v) = ask(&a).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["decision"], "allow");
+    let (s, v) = ask(&b).await;
+    assert_eq!(s, 401, "{v}");
+    assert!(
+        v["error_description"].as_str().unwrap().contains("replay"),
+        "{v}"
+    );
+
     // Key rotation on B: all replicas sign with the new key and still accept the old one.
     let (s, v) = b
         .admin_post("/admin/v1/keys/rotate", serde_json::json!({}))
