@@ -189,14 +189,7 @@ impl Broker {
         let issuer = peek_issuer(assertion);
         let mut once = Vec::new();
         let verified = if issuer.as_deref() == Some(agent.id.as_str()) {
-            let keys: Vec<&str> = agent
-                .attestations
-                .iter()
-                .filter_map(|a| match a {
-                    Attestation::PrivateKeyJwt { public_key } => Some(public_key.as_str()),
-                    Attestation::ExternalJwt { .. } => None,
-                })
-                .collect();
+            let keys = agent.public_keys();
             let token_endpoint = self.cfg.token_endpoint();
             let audiences = [self.cfg.issuer.as_str(), token_endpoint.as_str()];
             let rules = AssertionRules {

@@ -205,11 +205,7 @@ struct Refusal {
 impl Broker {
     /// Checks a presented credential: signature, expiry, its task being active, and its DPoP
     /// proof when it is key-bound.
-    fn credential(
-        &self,
-        token: &str,
-        dpop: Option<&DpopInput>,
-    ) -> Result<Checked, Refusal> {
+    fn credential(&self, token: &str, dpop: Option<&DpopInput>) -> Result<Checked, Refusal> {
         let now = self.now();
         let refuse = |error, agent: Option<&str>, task: Option<&str>| Refusal {
             error,

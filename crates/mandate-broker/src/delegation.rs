@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use mandate_core::audit::EventKind;
 use mandate_core::flow::{Flow, FlowAdded};
-use mandate_core::{Attestation, Delegation, Task, TaskId, TaskState, Timestamp};
+use mandate_core::{Delegation, Task, TaskId, TaskState, Timestamp};
 use mandate_crypto::dpop::{DpopExpectation, verify_dpop};
 use mandate_crypto::{AccessClaims, Confirmation};
 use mandate_policy::Verdict;
@@ -249,29 +249,9 @@ impl Broker {
             "delegation": delegation_detail(&task),
         });
         if !verdict.allowed() {
-            let mut denied = task.clone();
-            denied.state = TaskState::Denied;
-            denied.ended_at = Some(now);
-            denied.end_reason = Some(verdict.reason.clone());
-            ops.push(Op::InsertTask(denied));
-            ops.push(Op::Audit(e));
-            self.commit_spending(&child, ops).await?;
-            metrics::counter!("mandate_tasks_denied_total").increment(1);
-            let (reason, policies, task_id) =
-                (verdict.reason, verdict.policies, Some(task.id.to_string()));
-            return Err(if ask.via_details {
-                OAuthError::InvalidAuthorizationDetails {
-                    reason,
-                    policies,
-                    task_id,
-                }
-            } else {
-                OAuthError::InvalidScope {
-                    reason,
-                    policies,
-                    task_id,
-                }
-            });
+            return Err(self
+                .refuse_task(&child, &task, verdict, ops, e, ask.via_details)
+                .await);
         }
         let ttl = (task.expires_at.0 - now.0).div_euclid(1000);
         let details = json!([{
@@ -462,15 +442,7 @@ impl Broker {
         if !parent_bound && !self.cfg.dpop_required.contains(&child.tier) {
             return Ok(None);
         }
-        let keys: Vec<&str> = child
-            .attestations
-            .iter()
-            .filter_map(|a| match a {
-                Attestation::PrivateKeyJwt { public_key } => Some(public_key.as_str()),
-                Attestation::ExternalJwt { .. } => None,
-            })
-            .collect();
-        match keys.as_slice() {
+        match child.public_keys().as_slice() {
             [one] => mandate_crypto::jwk::ed25519_thumbprint(one)
                 .map(Some)
                 .map_err(|e| OAuthError::ServerError(format!("agent key is unusable: {e}"))),

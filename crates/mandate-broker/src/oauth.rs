@@ -339,29 +339,9 @@ impl Broker {
             "dpop_bound": jkt.is_some(),
         });
         if !verdict.allowed() {
-            let mut denied = task.clone();
-            denied.state = TaskState::Denied;
-            denied.ended_at = Some(now);
-            denied.end_reason = Some(verdict.reason.clone());
-            ops.push(Op::InsertTask(denied));
-            ops.push(Op::Audit(e));
-            self.commit_spending(&agent, ops).await?;
-            metrics::counter!("mandate_tasks_denied_total").increment(1);
-            let (reason, policies, task_id) =
-                (verdict.reason, verdict.policies, Some(task.id.to_string()));
-            return Err(if ask.via_details {
-                OAuthError::InvalidAuthorizationDetails {
-                    reason,
-                    policies,
-                    task_id,
-                }
-            } else {
-                OAuthError::InvalidScope {
-                    reason,
-                    policies,
-                    task_id,
-                }
-            });
+            return Err(self
+                .refuse_task(&agent, &task, verdict, ops, e, ask.via_details)
+                .await);
         }
         let details = serde_json::json!([{
             "type": TASK_DETAILS_TYPE,
@@ -451,6 +431,44 @@ impl Broker {
                 request,
             },
         )
+    }
+
+    /// Records a task refused at admission (stored as `denied`, with its audit event and the
+    /// one-time values the request spent) and returns the OAuth error naming the policies.
+    pub(crate) async fn refuse_task(
+        &self,
+        agent: &Agent,
+        task: &Task,
+        verdict: Verdict,
+        mut ops: Vec<Op>,
+        event: mandate_core::audit::AuditEvent,
+        via_details: bool,
+    ) -> OAuthError {
+        let mut denied = task.clone();
+        denied.state = TaskState::Denied;
+        denied.ended_at = Some(self.now());
+        denied.end_reason = Some(verdict.reason.clone());
+        ops.push(Op::InsertTask(denied));
+        ops.push(Op::Audit(event));
+        if let Err(e) = self.commit_spending(agent, ops).await {
+            return e;
+        }
+        metrics::counter!("mandate_tasks_denied_total").increment(1);
+        let (reason, policies, task_id) =
+            (verdict.reason, verdict.policies, Some(task.id.to_string()));
+        if via_details {
+            OAuthError::InvalidAuthorizationDetails {
+                reason,
+                policies,
+                task_id,
+            }
+        } else {
+            OAuthError::InvalidScope {
+                reason,
+                policies,
+                task_id,
+            }
+        }
     }
 
     /// Commits ops that spend one-time values; a conflict means a replayed assertion or proof.

@@ -151,6 +151,17 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Its registered Ed25519 public keys (base64url), for `private_key_jwt`.
+    pub fn public_keys(&self) -> Vec<&str> {
+        self.attestations
+            .iter()
+            .filter_map(|a| match a {
+                Attestation::PrivateKeyJwt { public_key } => Some(public_key.as_str()),
+                Attestation::ExternalJwt { .. } => None,
+            })
+            .collect()
+    }
+
     /// Whether the agent has lost its owner.
     pub fn is_orphaned(&self) -> bool {
         self.owner.is_none()

@@ -11,14 +11,12 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Broker, task_details};
 use serde_json::{Value, json};
 use sqlx::Connection;
 use sqlx::sqlite::SqliteConnection;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CATALOG: &str = r#"
 [tools.deploy]
@@ -238,59 +236,9 @@ async fn the_governance_view_counts_flags_and_reports() {
     }
 }
 
-async fn receiver() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let got: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let seen = got.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let mut buf = vec![0u8; 65536];
-            let mut len = 0;
-            loop {
-                let k = sock.read(&mut buf[len..]).await.unwrap_or(0);
-                len += k;
-                let text = String::from_utf8_lossy(&buf[..len]).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let want: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length: ")
-                                .map(|v| v.trim().parse().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= want || k == 0 {
-                        let sig = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("x-mandate-signature: ")
-                                    .map(str::to_string)
-                            })
-                            .unwrap_or_default();
-                        seen.lock().unwrap().push((sig, body.to_string()));
-                        break;
-                    }
-                }
-                if k == 0 {
-                    break;
-                }
-            }
-            let _ = sock
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                .await;
-        }
-    });
-    (url, got)
-}
-
 #[tokio::test]
 async fn owners_reconfirm_their_agents_or_they_open_nothing() {
-    let (url, got) = receiver().await;
+    let (url, got) = common::webhook_receiver(0).await;
     let cfg_dir = tempfile::tempdir().unwrap();
     let secret = "a-long-enough-webhook-secret";
     std::fs::write(cfg_dir.path().join("secret"), secret).unwrap();

@@ -534,3 +534,64 @@ pub fn task_details(intent: &str, class: &str, access: &[(&str, &[&str])], ttl: 
         "type": "mandate_task", "intent": intent, "intent_class": class, "ttl": ttl, "access": access,
     }])
 }
+
+/// What a webhook receiver got: `(X-Mandate-Signature, body)` per delivery.
+pub type Deliveries = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A webhook receiver on loopback: answers 500 to the first `refuse_first` deliveries and 200 to
+/// the rest, and keeps every delivery it read.
+pub async fn webhook_receiver(refuse_first: usize) -> (String, Deliveries) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got: Deliveries = Deliveries::default();
+    let seen = got.clone();
+    tokio::spawn(async move {
+        let mut n = 0;
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            n += 1;
+            let mut buf = vec![0u8; 65536];
+            let mut len = 0;
+            loop {
+                let k = sock.read(&mut buf[len..]).await.unwrap_or(0);
+                len += k;
+                let text = String::from_utf8_lossy(&buf[..len]).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let header = |name: &str| {
+                        head.lines().find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix(name)
+                                .map(|v| v.trim().to_string())
+                        })
+                    };
+                    let want: usize = header("content-length: ")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    if body.len() >= want || k == 0 {
+                        let sig = header("x-mandate-signature: ").unwrap_or_default();
+                        seen.lock().unwrap().push((sig, body.to_string()));
+                        break;
+                    }
+                }
+                if k == 0 {
+                    break;
+                }
+            }
+            let status = if n <= refuse_first {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = sock
+                .write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await;
+        }
+    });
+    (url, got)
+}
