@@ -147,7 +147,18 @@ impl Writer {
 
     async fn commit_batch(&self, batch: &mut Vec<Job>) {
         let mut results: Vec<Result<Receipt, StoreError>> = Vec::with_capacity(batch.len());
-        let committed = self.write_batch(batch, &mut results).await;
+        // First without savepoints (two round trips fewer per commit); if any commit fails,
+        // the whole transaction is rolled back and the batch written again with a savepoint
+        // per commit, so the failing one fails alone.
+        let mut committed = self.write_batch(batch, &mut results, false).await;
+        if matches!(committed, Err(Retry::Safely)) {
+            results.clear();
+            committed = self.write_batch(batch, &mut results, true).await;
+        }
+        let committed = committed.map_err(|r| match r {
+            Retry::Safely => StoreError::Database("batch could not be written".into()),
+            Retry::Failed(e) => e,
+        });
         for (i, job) in batch.drain(..).enumerate() {
             let out = match &committed {
                 Ok(()) => results
@@ -172,7 +183,8 @@ impl Writer {
         &self,
         batch: &[Job],
         results: &mut Vec<Result<Receipt, StoreError>>,
-    ) -> Result<(), StoreError> {
+        safe: bool,
+    ) -> Result<(), Retry> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
             .fetch_optional(&mut *tx)
@@ -201,10 +213,26 @@ impl Writer {
                     }
                 }
                 results.push(Ok(receipt));
-            } else {
+            } else if safe {
                 flush_audit(&mut tx, &mut buffered).await?;
                 let r = apply_job(&mut tx, &mut head, &job.ops).await?;
                 results.push(r);
+            } else {
+                // Audit records join the batch's multi-row inserts; nothing in a commit reads
+                // them back, and their order in the chain is fixed here.
+                let mut receipt = Receipt::default();
+                for op in &job.ops {
+                    if let Op::Audit(event) = op {
+                        let seq = head.0 + 1;
+                        let record = AuditRecord::link(seq, &head.1, event);
+                        head = (seq, record.hash.clone());
+                        receipt.audit_seqs.push(seq);
+                        buffered.push((record, event));
+                    } else if apply(&mut tx, &mut head, op, &mut receipt).await.is_err() {
+                        return Err(Retry::Safely);
+                    }
+                }
+                results.push(Ok(receipt));
             }
         }
         flush_audit(&mut tx, &mut buffered).await?;
@@ -216,7 +244,21 @@ impl Writer {
                 .await
                 .map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        tx.commit().await.map_err(|e| Retry::Failed(db(e)))
+    }
+}
+
+/// Why a batch was not written.
+enum Retry {
+    /// A commit in it failed while written without savepoints: write it again with them.
+    Safely,
+    /// The database failed: every commit of the batch fails.
+    Failed(StoreError),
+}
+
+impl From<StoreError> for Retry {
+    fn from(e: StoreError) -> Self {
+        Retry::Failed(e)
     }
 }
 
