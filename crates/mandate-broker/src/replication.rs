@@ -3,8 +3,9 @@
 //! written in the same transaction as its audit event, and the audit log is one chain whose
 //! sequence numbers are handed out in commit order under a row lock. So a replica learns every
 //! other replica's changes, and misses none, by reading the audit log past the last sequence
-//! number it applied: it polls every `follow_interval` (and catches up in pages after a gap),
-//! then re-reads the rows each event names.
+//! number it applied: whenever a writer's commit notifies it (PostgreSQL `NOTIFY`, sent in the
+//! committing transaction), and every `follow_interval` in any case (catching up in pages after
+//! a gap); then it re-reads the rows each event names.
 //!
 //! A replica that cannot read the log refuses decisions once its view is older than
 //! `max_staleness`: it cannot prove a task was not revoked elsewhere meanwhile. It recovers on
@@ -22,6 +23,8 @@ use crate::Broker;
 
 /// Records read per catch-up page.
 const PAGE: i64 = 2000;
+/// How long a woken replica lets further commits gather before it reads the log.
+const GATHER: Duration = Duration::from_millis(3);
 
 /// Where this replica is in the shared log.
 #[derive(Debug, Default)]
@@ -47,10 +50,23 @@ impl Broker {
         Ok(())
     }
 
-    /// Follows the shared log until the process ends.
+    /// Follows the shared log until the process ends: woken by the store's notifications of
+    /// other writers' commits (PostgreSQL `LISTEN`), and every `follow_interval` whatever
+    /// happens, so a lost notification or subscription delays a change by one interval at most.
     pub async fn follow(self: Arc<Self>) {
         let mut failing = false;
+        let mut changes: Option<mandate_store::Changes> = None;
         loop {
+            if changes.is_none() {
+                changes = match self.store.changes().await {
+                    Some(Ok(c)) => Some(c),
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "no change notifications; polling");
+                        None
+                    }
+                    None => None,
+                };
+            }
             match self.follow_once().await {
                 Ok(n) => {
                     if failing {
@@ -69,7 +85,22 @@ impl Broker {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(self.cfg.follow_interval_ms)).await;
+            let interval = Duration::from_millis(self.cfg.follow_interval_ms);
+            match changes.as_mut() {
+                Some(c) => match tokio::time::timeout(interval, c.next()).await {
+                    Ok(Ok(())) => {
+                        // Let a burst of commits gather: one read then covers them all, and a
+                        // busy database costs each replica at most a few hundred reads a second.
+                        tokio::time::sleep(GATHER).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "change notifications lost; resubscribing");
+                        changes = None;
+                    }
+                    Err(_) => {}
+                },
+                None => tokio::time::sleep(interval).await,
+            }
         }
     }
 

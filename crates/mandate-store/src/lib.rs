@@ -126,6 +126,24 @@ fn without_password(url: &str) -> String {
     }
 }
 
+/// Wake-ups for other writers' commits on a shared store.
+pub struct Changes {
+    inner: postgres::Changes,
+}
+
+impl std::fmt::Debug for Changes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Changes")
+    }
+}
+
+impl Changes {
+    /// Waits until some writer commits audit records.
+    pub async fn next(&mut self) -> Result<(), StoreError> {
+        self.inner.next().await
+    }
+}
+
 /// The store: a writer and readers over one database. Clones share them.
 #[derive(Clone)]
 pub struct Store {
@@ -194,6 +212,15 @@ impl Store {
     /// each other's changes.
     pub fn is_shared(&self) -> bool {
         matches!(self.reader, Reader::Postgres(_))
+    }
+
+    /// A subscription that wakes when any writer on a shared store commits audit records
+    /// (PostgreSQL `LISTEN`); `None` for a store only this process writes.
+    pub async fn changes(&self) -> Option<Result<Changes, StoreError>> {
+        match &self.reader {
+            Reader::Postgres(r) => Some(r.changes().await.map(|inner| Changes { inner })),
+            Reader::Sqlite(_) => None,
+        }
     }
 
     /// One owner.

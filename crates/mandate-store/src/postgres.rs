@@ -237,14 +237,66 @@ impl Writer {
         }
         flush_audit(&mut tx, &mut buffered).await?;
         if head.0 != start_head {
-            sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+            if changes_state(batch) {
+                // Delivered at commit: it wakes the other replicas, which then read the log
+                // past what they applied. One statement with the head's update.
+                sqlx::query(
+                    "WITH h AS (UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1 RETURNING seq)
+                     SELECT pg_notify($3, seq::text) FROM h",
+                )
                 .bind(head.0)
                 .bind(&head.1)
+                .bind(CHANGES_CHANNEL)
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
+            } else {
+                sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                    .bind(head.0)
+                    .bind(&head.1)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            }
         }
         tx.commit().await.map_err(|e| Retry::Failed(db(e)))
+    }
+}
+
+/// The channel a batch that changes state notifies on commit.
+pub(crate) const CHANGES_CHANNEL: &str = "mandate_changes";
+
+/// Whether a batch changes what other replicas decide on: any write besides audit records, or
+/// an audit record of a change made in memory only (a policy reload). Batches of plain
+/// decisions and refusals wake nobody; the periodic read still covers them.
+fn changes_state(batch: &[Job]) -> bool {
+    use mandate_core::audit::EventKind as K;
+    batch.iter().flat_map(|j| j.ops.iter()).any(|op| match op {
+        Op::Audit(e) => !matches!(
+            e.kind,
+            K::Decision
+                | K::CredentialRefused
+                | K::RequestRejected
+                | K::AttestationFailed
+                | K::GatewayCall
+                | K::ServerStarted
+        ),
+        _ => true,
+    })
+}
+
+/// A subscription to the notifications of committed batches.
+pub(crate) struct Changes {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl Changes {
+    /// Waits for the next committed batch of any writer on the database, then takes the
+    /// notifications that arrived meanwhile too, so one read of the log answers them all.
+    pub async fn next(&mut self) -> Result<(), StoreError> {
+        self.listener.recv().await.map_err(db)?;
+        while self.listener.next_buffered().is_some() {}
+        Ok(())
     }
 }
 
@@ -678,6 +730,15 @@ pub(crate) struct PostgresReader {
 }
 
 impl PostgresReader {
+    /// Subscribes to the notifications of committed batches.
+    pub async fn changes(&self) -> Result<Changes, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            .await
+            .map_err(db)?;
+        listener.listen(CHANGES_CHANNEL).await.map_err(db)?;
+        Ok(Changes { listener })
+    }
+
     pub async fn owner(&self, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
         let row = sqlx::query("SELECT id, name, created_at FROM owners WHERE id = $1")
             .bind(id.as_str())
