@@ -643,3 +643,152 @@ async fn a_database_restart_mid_load_loses_no_acknowledged_write() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn replicas_reach_postgresql_over_verified_tls() {
+    let server = tokio::task::spawn_blocking(OwnServer::start).await.unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let dir = std::fs::read_to_string(server.state.path().join("dir")).unwrap();
+    let data = format!("{}/data", dir.trim());
+    // A CA, the server's certificate for 127.0.0.1 signed by it, and another CA that signed
+    // nothing here.
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(certs.path())
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    for ca in ["ca", "stranger"] {
+        let (key, crt, subj) = (
+            format!("{ca}.key"),
+            format!("{ca}.crt"),
+            format!("/CN={ca}"),
+        );
+        let mut args = vec!["req", "-x509", "-days", "1", "-subj", &subj];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &crt]);
+        openssl(&args);
+    }
+    let mut args = vec![
+        "req",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ];
+    args.extend(ec);
+    openssl(&args);
+    std::fs::write(
+        certs.path().join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        "server.crt",
+        "-extfile",
+        "server.ext",
+    ]);
+    // The server reads its key as its own user, mode 0600.
+    for f in ["server.crt", "server.key"] {
+        std::fs::copy(certs.path().join(f), format!("{data}/{f}")).unwrap();
+    }
+    if running_as_root() {
+        let owner = user_of(&data);
+        let out = std::process::Command::new("chown")
+            .arg(&owner)
+            .arg(format!("{data}/server.crt"))
+            .arg(format!("{data}/server.key"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    std::process::Command::new("chmod")
+        .args(["600", &format!("{data}/server.key")])
+        .output()
+        .unwrap();
+    let mut admin = sqlx::postgres::PgConnection::connect(&server.url)
+        .await
+        .unwrap();
+    for stmt in [
+        "ALTER SYSTEM SET ssl = on",
+        "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
+        "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(stmt))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let root = certs.path().join("ca.crt");
+    let tls = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        server.url,
+        root.display()
+    );
+    let kek = kek();
+    let a = Broker::start_replica(&tls, &kek, None, &[]).await;
+    a.add_owner("ops").await;
+    let key = a.add_agent("bot", "ops", "low", "read:logs").await;
+    let (s, t) = a.open_scope(&key, "bot", "read:logs").await;
+    assert_eq!(s, 200, "{t}");
+    // Every connection of the replica is encrypted.
+    let (plain, encrypted): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE NOT s.ssl), count(*) FILTER (WHERE s.ssl)
+         FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+         WHERE a.application_name = 'mandate'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(plain, 0);
+    assert!(encrypted >= 1);
+
+    // A server whose certificate the configured root did not sign is refused at start.
+    let wrong = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        server.url,
+        certs.path().join("stranger.crt").display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(common::bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", &wrong])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("MANDATE_KEK", &kek)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open store"), "{err}");
+}
