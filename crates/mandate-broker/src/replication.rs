@@ -11,12 +11,13 @@
 //! `max_staleness`: it cannot prove a task was not revoked elsewhere meanwhile. It recovers on
 //! the next successful read.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use mandate_core::audit::{AuditEvent, EventKind};
-use mandate_core::{AgentId, TaskId, TaskState};
+use mandate_core::{AgentId, Task, TaskId, TaskState};
 use mandate_store::StoreError;
 
 use crate::Broker;
@@ -110,14 +111,34 @@ impl Broker {
         let started = self.now();
         let from = self.follower.seq.load(Ordering::SeqCst) + 1;
         let page = self.store.audit_range(from, PAGE).await?;
-        for r in &page {
-            match r.event() {
-                Ok(e) => self.apply_remote(&e).await?,
+        let events: Vec<(i64, Option<AuditEvent>)> = page
+            .iter()
+            .map(|r| match r.event() {
+                Ok(e) => (r.seq, Some(e)),
                 Err(e) => {
-                    tracing::error!(seq = r.seq, error = %e, "unreadable audit record skipped")
+                    tracing::error!(seq = r.seq, error = %e, "unreadable audit record skipped");
+                    (r.seq, None)
                 }
+            })
+            .collect();
+        // The tasks this page changed elsewhere, read in one query rather than one each.
+        let wanted: Vec<TaskId> = events
+            .iter()
+            .filter_map(|(_, e)| e.as_ref())
+            .filter_map(|e| self.task_to_read(e))
+            .collect();
+        let fetched: HashMap<TaskId, Task> = self
+            .store
+            .tasks_by_id(&wanted)
+            .await?
+            .into_iter()
+            .map(|t| (t.id.clone(), t))
+            .collect();
+        for (seq, e) in &events {
+            if let Some(e) = e {
+                self.apply_remote(e, &fetched).await?;
             }
-            self.follower.seq.store(r.seq, Ordering::SeqCst);
+            self.follower.seq.store(*seq, Ordering::SeqCst);
         }
         self.follower.synced_ms.store(started.0, Ordering::SeqCst);
         metrics::gauge!("mandate_replication_seq")
@@ -152,20 +173,56 @@ impl Broker {
         })
     }
 
-    async fn apply_remote(&self, e: &AuditEvent) -> Result<(), StoreError> {
+    /// The task an event names whose stored row this replica must read to apply it; `None`
+    /// when the event changes no task or the change is already in memory (this replica's own).
+    fn task_to_read(&self, e: &AuditEvent) -> Option<TaskId> {
+        let flow = e.detail.get("flow_added").is_some_and(|v| !v.is_null());
+        let relevant = match e.kind {
+            EventKind::TaskOpened
+            | EventKind::TaskCompleted
+            | EventKind::TaskExpired
+            | EventKind::TaskRevoked => true,
+            EventKind::Decision | EventKind::FlowReported | EventKind::GatewayCall => flow,
+            _ => false,
+        };
+        let id = e.task.as_deref().filter(|_| relevant)?;
+        if let Some(entry) = self.inventory.task(id) {
+            let state = entry.read().state;
+            let nothing_new = match e.kind {
+                EventKind::TaskOpened => true,
+                EventKind::TaskCompleted | EventKind::TaskExpired | EventKind::TaskRevoked => {
+                    state != TaskState::Active
+                }
+                _ => false,
+            };
+            if nothing_new {
+                return None;
+            }
+        }
+        TaskId::parse(id).ok()
+    }
+
+    async fn apply_remote(
+        &self,
+        e: &AuditEvent,
+        fetched: &HashMap<TaskId, Task>,
+    ) -> Result<(), StoreError> {
         match e.kind {
             EventKind::TaskOpened
             | EventKind::TaskCompleted
             | EventKind::TaskExpired
-            | EventKind::TaskRevoked => {
-                if let Some(id) = e.task.as_deref() {
-                    self.refresh_task(id, e.kind).await?;
-                }
-            }
-            EventKind::Decision | EventKind::FlowReported | EventKind::GatewayCall => {
-                let added = e.detail.get("flow_added").is_some_and(|v| !v.is_null());
-                if added && let Some(id) = e.task.as_deref() {
-                    self.refresh_task(id, e.kind).await?;
+            | EventKind::TaskRevoked
+            | EventKind::Decision
+            | EventKind::FlowReported
+            | EventKind::GatewayCall => {
+                if let Some(id) = self.task_to_read(e) {
+                    let stored = match fetched.get(&id) {
+                        Some(t) => Some(t.clone()),
+                        None => self.store.task(&id).await?,
+                    };
+                    if let Some(t) = stored {
+                        self.refresh_task(t);
+                    }
                 }
             }
             EventKind::AgentAdded
@@ -223,31 +280,10 @@ impl Broker {
         Ok(())
     }
 
-    /// Brings one task in line with the store: ends it here when it ended elsewhere, adopts a
-    /// task opened elsewhere, and takes on labels gained elsewhere.
-    async fn refresh_task(&self, id: &str, kind: EventKind) -> Result<(), StoreError> {
-        let local = self.inventory.task(id);
-        // This replica's own changes are already in memory: skip the read when nothing is new.
-        if let Some(entry) = &local {
-            let state = entry.read().state;
-            let nothing_new = match kind {
-                EventKind::TaskOpened => true,
-                EventKind::TaskCompleted | EventKind::TaskExpired | EventKind::TaskRevoked => {
-                    state != TaskState::Active
-                }
-                _ => false,
-            };
-            if nothing_new {
-                return Ok(());
-            }
-        }
-        let Ok(task_id) = TaskId::parse(id) else {
-            return Ok(());
-        };
-        let Some(stored) = self.store.task(&task_id).await? else {
-            return Ok(());
-        };
-        match local {
+    /// Brings one task in line with its stored row: ends it here when it ended elsewhere,
+    /// adopts a task opened elsewhere, and takes on labels gained elsewhere.
+    fn refresh_task(&self, stored: Task) {
+        match self.inventory.task(stored.id.as_str()) {
             None => {
                 if stored.state == TaskState::Active {
                     self.inventory.put_task(stored);
@@ -271,7 +307,6 @@ impl Broker {
                 }
             }
         }
-        Ok(())
     }
 }
 

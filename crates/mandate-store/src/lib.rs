@@ -248,6 +248,14 @@ impl Store {
         read!(self, r => r.task(id).await)
     }
 
+    /// The tasks with these ids that exist, in no particular order.
+    pub async fn tasks_by_id(&self, ids: &[TaskId]) -> Result<Vec<Task>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        read!(self, r => r.tasks_by_id(ids).await)
+    }
+
     /// Tasks matching `filter`, newest first.
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
         read!(self, r => r.tasks(filter).await)

@@ -786,6 +786,21 @@ impl PostgresReader {
         row.map(|r| from_body(&r)).transpose()
     }
 
+    pub async fn tasks_by_id(&self, ids: &[TaskId]) -> Result<Vec<Task>, StoreError> {
+        sqlx::query("SELECT body FROM tasks WHERE id = ANY($1)")
+            .bind(
+                ids.iter()
+                    .map(|i| i.as_str().to_string())
+                    .collect::<Vec<String>>(),
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(from_body)
+            .collect()
+    }
+
     pub async fn tasks(&self, f: &TaskFilter) -> Result<Vec<Task>, StoreError> {
         sqlx::query(
             "SELECT t.body FROM tasks t LEFT JOIN agents a ON a.id = t.agent_id

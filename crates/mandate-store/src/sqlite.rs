@@ -658,6 +658,20 @@ impl SqliteReader {
         row.map(|r| from_body(&r)).transpose()
     }
 
+    pub async fn tasks_by_id(&self, ids: &[TaskId]) -> Result<Vec<Task>, StoreError> {
+        sqlx::query("SELECT body FROM tasks WHERE id IN (SELECT value FROM json_each($1))")
+            .bind(
+                serde_json::to_string(&ids.iter().map(TaskId::as_str).collect::<Vec<_>>())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(from_body)
+            .collect()
+    }
+
     pub async fn tasks(&self, f: &TaskFilter) -> Result<Vec<Task>, StoreError> {
         sqlx::query(
             "SELECT t.body FROM tasks t LEFT JOIN agents a ON a.id = t.agent_id
