@@ -272,20 +272,17 @@ impl Broker {
                 ));
             }
         }
-        // Read after the task's own lock is released: no task lock is held while another is taken.
-        let delegated = entry.read().delegation.is_some();
-        if delegated {
-            let task = entry.read().clone();
-            if !self.ancestors_live(&task, now) {
-                return Err(refuse(
-                    DecideError::InvalidToken(format!(
-                        "task `{}` was delegated from a task that has ended",
-                        task.id
-                    )),
-                    agent,
-                    task_id,
-                ));
-            }
+        // Copied out so the ancestors' locks are taken after this task's is released.
+        let delegation = entry.read().delegation.clone();
+        if !self.ancestors_live(delegation.as_ref(), now) {
+            return Err(refuse(
+                DecideError::InvalidToken(format!(
+                    "task `{}` was delegated from a task that has ended",
+                    claims.task_id
+                )),
+                agent,
+                task_id,
+            ));
         }
         if let Some(cnf) = &claims.cnf {
             let Some(d) = dpop else {
@@ -392,6 +389,10 @@ impl Broker {
         task_id: &str,
     ) -> Result<(DecisionOutcome, PendingAudit), DecideError> {
         let started = Instant::now();
+        // The credential was checked earlier in the request; the store may have gone since.
+        if let Some(why) = self.stale() {
+            return Err(DecideError::Unavailable(why));
+        }
         let (request, args) = match self.check_decide_input(input) {
             Ok(ok) => ok,
             Err(msg) => {
@@ -422,9 +423,6 @@ impl Broker {
         request: RestrictedExpression,
         args: RestrictedExpression,
     ) -> Result<(DecisionOutcome, PendingAudit), DecideError> {
-        if let Some(why) = self.stale() {
-            return Err(DecideError::Unavailable(why));
-        }
         let entry = entry.clone();
         let tier = self
             .inventory

@@ -405,7 +405,7 @@ impl Broker {
         if parent.agent.as_str() != claims.client_id {
             return Err(refuse("credential does not match its task".into()));
         }
-        if !self.ancestors_live(&parent, now) {
+        if !self.ancestors_live(parent.delegation.as_ref(), now) {
             return Err(refuse(format!(
                 "task `{}` was delegated from a task that has ended",
                 parent.id
@@ -484,8 +484,8 @@ impl Broker {
 
     /// Whether every task above `task` is still live. Ending a task ends its descendants; this
     /// is the check that holds even if that cascade could not be recorded.
-    pub(crate) fn ancestors_live(&self, task: &Task, now: Timestamp) -> bool {
-        let Some(d) = &task.delegation else {
+    pub(crate) fn ancestors_live(&self, delegation: Option<&Delegation>, now: Timestamp) -> bool {
+        let Some(d) = delegation else {
             return true;
         };
         d.ancestors.iter().all(|id| {
