@@ -15,7 +15,6 @@
 
 use std::sync::Arc;
 
-use mandate_core::audit::EventKind;
 use mandate_core::flow::{Flow, FlowAdded};
 use mandate_core::{Delegation, Task, TaskId, TaskState, Timestamp};
 use mandate_crypto::dpop::{DpopExpectation, verify_dpop};
@@ -221,26 +220,8 @@ impl Broker {
             .scope
             .narrowed_by(&parent.scope)
             .narrowed_by(&child.envelope);
-        let mut ops: Vec<Op> = once
-            .iter()
-            .map(|(key, exp)| Op::ConsumeOnce {
-                key: key.clone(),
-                expires_at: *exp,
-            })
-            .collect();
-        let mut e = self.event(if verdict.allowed() {
-            EventKind::TaskOpened
-        } else {
-            EventKind::TaskDenied
-        });
-        e.agent = Some(child.id.to_string());
-        e.owner = child.owner.as_ref().map(ToString::to_string);
-        e.task = Some(task.id.to_string());
-        e.intent = Some(task.intent.text.clone());
-        e.action = Some("open_task".into());
-        e.decision = Some(if verdict.allowed() { "allow" } else { "deny" }.into());
-        e.policies = verdict.policies.clone();
-        e.reason = Some(verdict.reason.clone());
+        let mut ops = crate::oauth::once_ops(&once);
+        let mut e = self.admission_event(&child, &task, &verdict);
         e.detail = json!({
             "intent_class": task.intent.class,
             "scope": task.scope.to_string(),

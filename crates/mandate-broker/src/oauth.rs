@@ -97,6 +97,16 @@ struct TaskDetails {
     budget: Budget,
 }
 
+/// The writes that spend one-time values (assertion and DPoP `jti`s); a second use conflicts.
+pub(crate) fn once_ops(once: &[(String, Timestamp)]) -> Vec<Op> {
+    once.iter()
+        .map(|(key, exp)| Op::ConsumeOnce {
+            key: key.clone(),
+            expires_at: *exp,
+        })
+        .collect()
+}
+
 /// What an agent asked for, parsed and checked for form.
 #[derive(Debug)]
 pub(crate) struct TaskAsk {
@@ -311,26 +321,8 @@ impl Broker {
             .unwrap_or_else(|| self.admit(&agent, &task));
         let mut task = task;
         task.scope = task.scope.narrowed_by(&agent.envelope);
-        let mut ops: Vec<Op> = once
-            .iter()
-            .map(|(key, exp)| Op::ConsumeOnce {
-                key: key.clone(),
-                expires_at: *exp,
-            })
-            .collect();
-        let mut e = self.event(if verdict.allowed() {
-            EventKind::TaskOpened
-        } else {
-            EventKind::TaskDenied
-        });
-        e.agent = Some(agent.id.to_string());
-        e.owner = agent.owner.as_ref().map(ToString::to_string);
-        e.task = Some(task.id.to_string());
-        e.intent = Some(task.intent.text.clone());
-        e.action = Some("open_task".into());
-        e.decision = Some(if verdict.allowed() { "allow" } else { "deny" }.into());
-        e.policies = verdict.policies.clone();
-        e.reason = Some(verdict.reason.clone());
+        let mut ops: Vec<Op> = once_ops(&once);
+        let mut e = self.admission_event(&agent, &task, &verdict);
         e.detail = serde_json::json!({
             "intent_class": task.intent.class,
             "scope": task.scope.to_string(),
@@ -433,6 +425,29 @@ impl Broker {
         )
     }
 
+    /// The audit record of an admission decision (its `detail` is the caller's).
+    pub(crate) fn admission_event(
+        &self,
+        agent: &Agent,
+        task: &Task,
+        verdict: &Verdict,
+    ) -> mandate_core::audit::AuditEvent {
+        let mut e = self.event(if verdict.allowed() {
+            EventKind::TaskOpened
+        } else {
+            EventKind::TaskDenied
+        });
+        e.agent = Some(agent.id.to_string());
+        e.owner = agent.owner.as_ref().map(ToString::to_string);
+        e.task = Some(task.id.to_string());
+        e.intent = Some(task.intent.text.clone());
+        e.action = Some("open_task".into());
+        e.decision = Some(if verdict.allowed() { "allow" } else { "deny" }.into());
+        e.policies = verdict.policies.clone();
+        e.reason = Some(verdict.reason.clone());
+        e
+    }
+
     /// Records a task refused at admission (stored as `denied`, with its audit event and the
     /// one-time values the request spent) and returns the OAuth error naming the policies.
     pub(crate) async fn refuse_task(
@@ -505,13 +520,7 @@ impl Broker {
         e.agent = Some(agent.id.to_string());
         e.owner = agent.owner.as_ref().map(ToString::to_string);
         e.reason = Some(reason.to_string());
-        let mut ops: Vec<Op> = once
-            .iter()
-            .map(|(key, exp)| Op::ConsumeOnce {
-                key: key.clone(),
-                expires_at: *exp,
-            })
-            .collect();
+        let mut ops: Vec<Op> = once_ops(once);
         ops.push(Op::Audit(e));
         self.commit_spending(agent, ops).await
     }
@@ -713,13 +722,7 @@ impl Broker {
     /// Authenticates an agent calling introspection or revocation, spending its assertion.
     pub async fn authenticate_caller(&self, auth: &ClientAuth) -> Result<Caller, OAuthError> {
         let Authenticated { agent, once } = self.authenticate_agent(auth).await?;
-        let ops: Vec<Op> = once
-            .iter()
-            .map(|(key, exp)| Op::ConsumeOnce {
-                key: key.clone(),
-                expires_at: *exp,
-            })
-            .collect();
+        let ops: Vec<Op> = once_ops(&once);
         if !ops.is_empty() {
             self.commit_spending(&agent, ops).await?;
         }
