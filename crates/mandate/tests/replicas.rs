@@ -51,6 +51,23 @@ fn kek() -> String {
         .to_string()
 }
 
+/// `mandate audit verify` against the shared store passes.
+fn assert_chain_verifies(b: &Broker, store: &str) {
+    let out = std::process::Command::new(common::bin())
+        .arg("--data-dir")
+        .arg(b.data_dir())
+        .args(["audit", "verify"])
+        .env("MANDATE_STORE", store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Waits until `f` holds, up to `BOUND`; returns how long it took.
 async fn within<F, Fut>(what: &str, mut f: F) -> Duration
 where
@@ -201,9 +218,15 @@ async fn three_replicas_share_one_state() {
             &task_details("x", "ops", &[("reports", &["read"])], 60).to_string(),
         ),
     ];
-    let (s1, _) = a.token_form(&form, None).await;
+    // A refuses the task (reports are outside the envelope) but authenticates the agent, which
+    // spends the assertion; B then refuses the assertion itself.
+    let (s1, v1) = a.token_form(&form, None).await;
+    assert_eq!(s1, 400, "{v1}");
+    assert_eq!(
+        v1["mandate_policies"],
+        serde_json::json!(["mandate:envelope"])
+    );
     let (s2, v) = b.token_form(&form, None).await;
-    assert_ne!(s1, 401);
     assert_eq!(s2, 401, "{v}");
     assert!(v["error_description"].as_str().unwrap().contains("replay"));
 
@@ -302,22 +325,7 @@ async fn three_replicas_share_one_state() {
     .await;
 
     // One audit chain across the three writers.
-    let out = std::process::Command::new(common::bin())
-        .args([
-            "--data-dir",
-            a.data_dir().to_str().unwrap(),
-            "audit",
-            "verify",
-        ])
-        .env("MANDATE_STORE", &url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_chain_verifies(&a, &url);
 }
 
 /// A TCP relay between one replica and PostgreSQL that the test can cut and restore.
@@ -583,7 +591,7 @@ async fn a_database_restart_mid_load_loses_no_acknowledged_write() {
     let restarting = server.clone();
     let restart = tokio::task::spawn_blocking(move || restarting.restart());
     // Revoke the victim as soon as the database takes writes again.
-    let revoked_at = loop {
+    loop {
         let r = a
             .http
             .post(format!(
@@ -597,10 +605,10 @@ async fn a_database_restart_mid_load_loses_no_acknowledged_write() {
             .send()
             .await;
         if r.is_ok_and(|r| r.status().is_success()) {
-            break Instant::now();
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    }
     restart.await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::SeqCst);
@@ -613,7 +621,6 @@ async fn a_database_restart_mid_load_loses_no_acknowledged_write() {
 
     // Once the revocation was acknowledged and the replicas had a second to follow, neither
     // allows the victim.
-    assert!(revoked_at.elapsed() >= Duration::from_secs(1));
     assert_eq!(status(&a, &victim).await, 401);
     assert_eq!(status(&b, &victim).await, 401);
     // Every acknowledged task is in the store, and the chain verifies.
@@ -626,22 +633,7 @@ async fn a_database_restart_mid_load_loses_no_acknowledged_write() {
     let acked = acked.lock().unwrap().clone();
     let lost: Vec<&String> = acked.iter().filter(|id| !stored.contains(*id)).collect();
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
-    let out = std::process::Command::new(common::bin())
-        .args([
-            "--data-dir",
-            a.data_dir().to_str().unwrap(),
-            "audit",
-            "verify",
-        ])
-        .env("MANDATE_STORE", &url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_chain_verifies(&a, &url);
 }
 
 #[tokio::test]

@@ -211,7 +211,7 @@ async fn admin(
 }
 
 fn assertion(key: &AgentKey, agent: &str, url: &str) -> anyhow::Result<String> {
-    let issuer = if url.starts_with("http://127.0.0.1") && REPLICAS.load(Ordering::Relaxed) > 0 {
+    let issuer = if REPLICAS.load(Ordering::Relaxed) > 0 {
         REPLICA_ISSUER
     } else {
         url
