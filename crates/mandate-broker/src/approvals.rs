@@ -62,19 +62,34 @@ impl Broker {
                     task: Some(task_id.clone()),
                     ..ApprovalFilter::default()
                 };
-                let open = self
+                let live: Vec<Approval> = self
                     .store
                     .approvals(&filter)
                     .await
                     .map_err(unavailable)?
                     .into_iter()
-                    .find(|a| {
-                        a.call_hash == hash
-                            && matches!(a.state, ApprovalState::Pending | ApprovalState::Granted)
+                    .filter(|a| {
+                        matches!(a.state, ApprovalState::Pending | ApprovalState::Granted)
                             && !a.expired(now)
-                    });
-                match open {
+                    })
+                    .collect();
+                let pending = live
+                    .iter()
+                    .filter(|a| a.state == ApprovalState::Pending)
+                    .count();
+                match live.into_iter().find(|a| a.call_hash == hash) {
                     Some(a) => a,
+                    None if pending >= self.cfg.approval_max_open_per_task => {
+                        // A task must not flood the people in the loop with requests.
+                        step.verdict = Verdict::deny(
+                            "mandate:approval-limit",
+                            format!(
+                                "task `{task_id}` already has {pending} approval requests waiting for a person (limit {}); wait for them to be decided or to lapse",
+                                self.cfg.approval_max_open_per_task
+                            ),
+                        );
+                        return Ok(());
+                    }
                     None => {
                         let tier = self
                             .inventory

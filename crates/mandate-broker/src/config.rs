@@ -26,6 +26,10 @@ pub struct BrokerConfig {
     pub leeway: i64,
     /// Tiers whose credentials must be bound with DPoP.
     pub dpop_required: BTreeSet<Tier>,
+    /// Tiers whose credentials may be bound only to one of the agent's registered keys (for
+    /// agents that have registered keys; an agent attested only by an external issuer binds to
+    /// the key it proves, as RFC 9449 allows).
+    pub dpop_registered_key: BTreeSet<Tier>,
     /// How old (or early) a DPoP proof's `iat` may be, in seconds.
     pub dpop_max_age: i64,
     /// Whether a decision waits until its audit record is committed before it is answered.
@@ -42,6 +46,8 @@ pub struct BrokerConfig {
     pub approval_ttl: i64,
     /// Longest a decision request may wait for a person's approval, in seconds.
     pub approval_max_wait: i64,
+    /// Most approval requests one task may have waiting for a person at once.
+    pub approval_max_open_per_task: usize,
     /// Where approval requests are announced, if anywhere.
     pub webhook: Option<Webhook>,
     /// Whether audit records keep a call's arguments (otherwise only their digest).
@@ -89,6 +95,7 @@ impl BrokerConfig {
             assertion_max_lifetime: 3600,
             leeway: 30,
             dpop_required: BTreeSet::from([Tier::High]),
+            dpop_registered_key: BTreeSet::from([Tier::High]),
             dpop_max_age: 60,
             audit_sync_decisions: true,
             jwks_ttl: 300,
@@ -101,6 +108,7 @@ impl BrokerConfig {
             ]),
             approval_ttl: 900,
             approval_max_wait: 60,
+            approval_max_open_per_task: 10,
             webhook: None,
             audit_arguments: false,
             reconfirm_days: None,

@@ -669,6 +669,21 @@ impl Broker {
                 ),
             );
         }
+        // A catalogued target is one kind; asking for it as the other would judge it without
+        // its labels.
+        if let Some((kind, _)) = bundle.catalog().get(&input.target.id)
+            && kind != input.target.kind
+        {
+            return Verdict::deny(
+                "mandate:target-kind",
+                format!(
+                    "`{}` is catalogued as a {}, not a {}",
+                    input.target.id,
+                    kind.type_name().to_ascii_lowercase(),
+                    input.target.kind.type_name().to_ascii_lowercase()
+                ),
+            );
+        }
         if let Err(why) = task.scope.check_args(&input.target.id, &input.arguments) {
             return Verdict::deny("mandate:task-arguments", why);
         }

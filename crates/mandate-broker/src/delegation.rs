@@ -405,6 +405,21 @@ impl Broker {
         parent_bound: bool,
         child: &mandate_core::Agent,
     ) -> Result<Option<String>, OAuthError> {
+        let jkt = self.child_key(dpop_jkt, proof_jkt, parent_bound, child)?;
+        if let Some(j) = &jkt {
+            self.binding_key_allowed(child, j)
+                .map_err(OAuthError::InvalidDpopProof)?;
+        }
+        Ok(jkt)
+    }
+
+    fn child_key(
+        &self,
+        dpop_jkt: Option<&str>,
+        proof_jkt: Option<String>,
+        parent_bound: bool,
+        child: &mandate_core::Agent,
+    ) -> Result<Option<String>, OAuthError> {
         if let Some(j) = dpop_jkt {
             let ok = j.len() == 43
                 && j.bytes()

@@ -219,6 +219,33 @@ impl Broker {
         })
     }
 
+    /// Whether a credential of `agent` may be bound to the key with thumbprint `jkt`: for the
+    /// tiers configured so (`dpop_registered_key`), an agent with registered keys binds only to
+    /// one of them, so a credential is tied to the key its owner registered rather than to any
+    /// key the agent (or whoever holds its assertion) makes up.
+    pub(crate) fn binding_key_allowed(
+        &self,
+        agent: &mandate_core::Agent,
+        jkt: &str,
+    ) -> Result<(), String> {
+        let keys = agent.public_keys();
+        if !self.cfg.dpop_registered_key.contains(&agent.tier) || keys.is_empty() {
+            return Ok(());
+        }
+        let registered = keys.iter().any(|k| {
+            mandate_crypto::jwk::ed25519_thumbprint(k)
+                .is_ok_and(|t| mandate_crypto::secret::ct_eq(&t, jkt))
+        });
+        if registered {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}-tier agent `{}` must bind its credential to one of its registered keys; the dpop proof was signed by another key",
+                agent.tier, agent.id
+            ))
+        }
+    }
+
     /// The token endpoint: authenticates the agent, admits (or denies) the task it asks for, and
     /// issues its credential.
     pub async fn token(&self, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
@@ -261,7 +288,10 @@ impl Broker {
                     now: now.as_secs(),
                     max_age: self.cfg.dpop_max_age,
                 };
-                match verify_dpop(proof, &want) {
+                match verify_dpop(proof, &want)
+                    .map_err(|e| format!("dpop proof refused: {e}"))
+                    .and_then(|p| self.binding_key_allowed(&agent, &p.jkt).map(|()| p))
+                {
                     Ok(p) => {
                         once.push((
                             format!("dpop:{}:{}", p.jkt, p.jti),
@@ -270,7 +300,7 @@ impl Broker {
                         Some(p.jkt)
                     }
                     Err(e) => {
-                        let e = OAuthError::InvalidDpopProof(format!("dpop proof refused: {e}"));
+                        let e = OAuthError::InvalidDpopProof(e);
                         self.spend(&agent, &once, &e.to_string()).await?;
                         return Err(e);
                     }

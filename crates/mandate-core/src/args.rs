@@ -15,6 +15,8 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+use crate::json::exactly_comparable;
+
 /// Most rules per target.
 pub const MAX_RULES: usize = 32;
 /// Most values in an `in` rule.
@@ -47,10 +49,41 @@ fn scalar(v: &Value) -> bool {
     matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
 }
 
+/// Whether two values are equal; numbers by value (`1` equals `1.0`), and only where they can be
+/// compared exactly (see [`crate::json`]): two integers beyond 2^53 that share a double are not
+/// equal.
 fn same(a: &Value, b: &Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y,
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            if let (Some(i), Some(j)) = (x.as_i64(), y.as_i64()) {
+                return i == j;
+            }
+            if let (Some(i), Some(j)) = (x.as_u64(), y.as_u64()) {
+                return i == j;
+            }
+            exactly_comparable(x) && exactly_comparable(y) && x.as_f64() == y.as_f64()
+        }
         _ => a == b,
+    }
+}
+
+/// The value of a number argument as compared by range rules, if it can be compared exactly.
+fn comparable(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) if exactly_comparable(n) => n.as_f64(),
+        _ => None,
+    }
+}
+
+/// Whether `v` is a number the rule `r` cannot compare exactly: equality compares integers of
+/// any size exactly, ranges compare doubles.
+fn too_precise(r: &ArgRule, v: &Value) -> bool {
+    let Value::Number(n) = v else {
+        return false;
+    };
+    match r {
+        ArgRule::Range { .. } => !exactly_comparable(n),
+        _ => !(n.is_i64() || n.is_u64() || exactly_comparable(n)),
     }
 }
 
@@ -91,8 +124,7 @@ impl ArgRule {
             ArgRule::Eq(want) => same(want, v),
             ArgRule::In(set) => set.iter().any(|w| same(w, v)),
             ArgRule::Pattern(p) => v.as_str().is_some_and(|s| glob(p, s)),
-            ArgRule::Range { min, max } => v
-                .as_f64()
+            ArgRule::Range { min, max } => comparable(v)
                 .is_some_and(|n| min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m)),
         }
     }
@@ -131,7 +163,16 @@ impl ArgRule {
     }
 
     fn check(&self) -> Result<(), String> {
+        let exact = |v: &Value| !too_precise(self, v);
         match self {
+            ArgRule::Eq(v) if !exact(v) => Err(format!(
+                "a number in a rule may have at most {} significant digits",
+                crate::json::MAX_SIGNIFICANT_DIGITS
+            )),
+            ArgRule::In(set) if !set.iter().all(exact) => Err(format!(
+                "a number in a rule may have at most {} significant digits",
+                crate::json::MAX_SIGNIFICANT_DIGITS
+            )),
             ArgRule::Eq(v) if !scalar(v) => {
                 Err("an exact value must be a string, number or boolean".into())
             }
@@ -224,8 +265,11 @@ impl<'de> Deserialize<'de> for ArgRule {
                         let num = |k: &str| -> Result<Option<f64>, D::Error> {
                             match m.get(k) {
                                 None => Ok(None),
-                                Some(n) => n.as_f64().map(Some).ok_or_else(|| {
-                                    D::Error::custom(format!("`{k}` must be a number"))
+                                Some(n) => comparable(n).map(Some).ok_or_else(|| {
+                                    D::Error::custom(format!(
+                                        "`{k}` must be a number of at most {} significant digits",
+                                        crate::json::MAX_SIGNIFICANT_DIGITS
+                                    ))
                                 }),
                             }
                         };
@@ -267,6 +311,12 @@ impl ArgRules {
             for r in rules {
                 if !r.admits(v) {
                     let shown: String = v.to_string().chars().take(80).collect();
+                    if too_precise(r, v) {
+                        return Err(format!(
+                            "argument `{name}` = {shown} has more precision than Mandate compares ({} significant digits, integers up to 2^53); round it or send it as a string",
+                            crate::json::MAX_SIGNIFICANT_DIGITS
+                        ));
+                    }
                     return Err(format!(
                         "argument `{name}` = {shown} is outside the task's scope ({name} {r})"
                     ));
@@ -394,6 +444,26 @@ mod tests {
             r.check(missing.as_object().unwrap())
                 .unwrap_err()
                 .contains("`to` is required")
+        );
+    }
+
+    #[test]
+    fn numbers_are_compared_only_where_exact() {
+        let r = rules(json!({"amount": {"max": 100}, "account": {"in": [9007199254740993u64]}}));
+        let call = |amount: &str, account: &str| {
+            let v: Value =
+                serde_json::from_str(&format!(r#"{{"amount": {amount}, "account": {account}}}"#))
+                    .unwrap();
+            r.check(v.as_object().unwrap())
+        };
+        assert!(call("100", "9007199254740993").is_ok());
+        assert!(call("99.99", "9007199254740993").is_ok());
+        let e = call("100.00000000000001", "9007199254740993").unwrap_err();
+        assert!(e.contains("more precision"), "{e}");
+        // Two integers that share a double are different accounts.
+        assert!(call("1", "9007199254740992").is_err());
+        assert!(
+            serde_json::from_value::<ArgRules>(json!({"a": {"max": 0.30000000000000004}})).is_err()
         );
     }
 

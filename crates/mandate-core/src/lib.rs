@@ -10,6 +10,7 @@ pub mod audit;
 pub mod clock;
 pub mod flow;
 pub mod ids;
+pub mod json;
 pub mod model;
 pub mod provenance;
 pub mod scope;

@@ -39,6 +39,25 @@ pub struct DpopProof {
     pub iat: i64,
 }
 
+/// The one `DPoP` header of a request, from all the values it carried: RFC 9449 section 4.3
+/// requires exactly one, so two or more are refused (which one a server would use is
+/// ambiguous). `Ok(None)` when there is none.
+pub fn single_header<'a>(
+    mut values: impl Iterator<Item = &'a [u8]>,
+) -> Result<Option<&'a str>, JwtError> {
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(JwtError::Invalid(
+            "send exactly one DPoP header (RFC 9449 section 4.3)".into(),
+        ));
+    }
+    std::str::from_utf8(first)
+        .map(Some)
+        .map_err(|_| JwtError::Malformed)
+}
+
 fn strip_query(url: &str) -> &str {
     let end = url.find(['?', '#']).unwrap_or(url.len());
     url.get(..end).unwrap_or(url)

@@ -17,7 +17,16 @@ pub(crate) fn header(token: &str) -> Result<(Header, Value), JwtError> {
     }
     let first = token.split('.').next().ok_or(JwtError::Malformed)?;
     let raw = b64::decode(first).ok_or(JwtError::Malformed)?;
+    // RFC 7515 section 4: a header with a repeated member is refused, not read last-wins.
+    mandate_core::json::check_unique_keys(&raw).map_err(|_| JwtError::Malformed)?;
     let raw: Value = serde_json::from_slice(&raw).map_err(|_| JwtError::Malformed)?;
+    if raw.get("crit").is_some() {
+        // RFC 7515 section 4.1.11: this server implements no JWS extension, so every critical
+        // one is unknown to it.
+        return Err(JwtError::Invalid(
+            "the `crit` header names extensions this server does not understand".into(),
+        ));
+    }
     if let Some(alg) = raw.get("alg").and_then(Value::as_str)
         && !matches!(alg, "EdDSA" | "ES256" | "RS256")
     {

@@ -44,7 +44,8 @@ impl Limited {
             .map_or(true, |b| b.iter().all(u8::is_ascii_whitespace))
     }
 
-    /// Parses the body as JSON; a refusal is audited.
+    /// Parses the body as strict JSON (no repeated keys, only exactly comparable numbers: see
+    /// [`mandate_core::json`]); a refusal is audited.
     pub async fn json<T: DeserializeOwned>(
         self,
         broker: &Broker,
@@ -54,7 +55,14 @@ impl Limited {
             .0
             .map_err(|m| json_error(StatusCode::BAD_REQUEST, "invalid_request", &m))?;
         match serde_json::from_slice(&bytes) {
-            Ok(v) => Ok(v),
+            Ok(v) => match mandate_core::json::check_strict(&bytes) {
+                Ok(()) => Ok(v),
+                Err(e) => {
+                    let msg = format!("request body is refused: {e}");
+                    broker.record_rejected_request(path, &msg).await;
+                    Err(json_error(StatusCode::BAD_REQUEST, "invalid_request", &msg))
+                }
+            },
             Err(e) => {
                 let msg = format!("request body is not valid JSON for this endpoint: {e}");
                 broker.record_rejected_request(path, &msg).await;

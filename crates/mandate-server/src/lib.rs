@@ -184,8 +184,13 @@ struct ReportBody {
 }
 
 /// The credential from `Authorization: Bearer|DPoP <token>`, and whether the DPoP scheme was used.
+/// A request with several `Authorization` headers carries none.
 pub(crate) fn auth_header(headers: &HeaderMap) -> Option<(String, bool)> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let v = all.next()?.to_str().ok()?;
+    if all.next().is_some() {
+        return None;
+    }
     let (scheme, rest) = v.split_once(' ')?;
     let token = rest.trim().to_string();
     if scheme.eq_ignore_ascii_case("bearer") {
@@ -205,9 +210,9 @@ fn credential(
     token: Option<String>,
     dpop: Option<DpopBody>,
     path: &str,
-) -> Option<(String, Option<DpopInput>)> {
+) -> Result<(String, Option<DpopInput>), mandate_broker::DecideError> {
     match (token, auth_header(headers)) {
-        (Some(t), _) => Some((
+        (Some(t), _) => Ok((
             t,
             dpop.map(|d| DpopInput {
                 proof: d.proof,
@@ -216,24 +221,21 @@ fn credential(
             }),
         )),
         (None, Some((t, _))) => {
-            let proof = headers
-                .get("dpop")
-                .and_then(|v| v.to_str().ok())
-                .map(|p| DpopInput {
-                    proof: p.to_string(),
-                    method: "POST".into(),
-                    url: format!("{}{path}", s.broker.config().issuer),
-                });
-            Some((t, proof))
+            let proof = mandate_crypto::dpop::single_header(
+                headers.get_all("dpop").iter().map(|v| v.as_bytes()),
+            )
+            .map_err(|e| mandate_broker::DecideError::InvalidDpopProof(e.to_string()))?
+            .map(|p| DpopInput {
+                proof: p.to_string(),
+                method: "POST".into(),
+                url: format!("{}{path}", s.broker.config().issuer),
+            });
+            Ok((t, proof))
         }
-        (None, None) => None,
+        (None, None) => Err(mandate_broker::DecideError::InvalidToken(
+            "a task credential is required: send `token` or one Authorization header".into(),
+        )),
     }
-}
-
-fn no_credential() -> Response {
-    errors::decide_error(mandate_broker::DecideError::InvalidToken(
-        "a task credential is required: send `token` or an Authorization header".into(),
-    ))
 }
 
 async fn decide(State(s): State<AppState>, headers: HeaderMap, body: body::Limited) -> Response {
@@ -241,9 +243,9 @@ async fn decide(State(s): State<AppState>, headers: HeaderMap, body: body::Limit
         Ok(b) => b,
         Err(r) => return r,
     };
-    let Some((token, dpop)) = credential(&s, &headers, parsed.token, parsed.dpop, "/v1/decide")
-    else {
-        return no_credential();
+    let (token, dpop) = match credential(&s, &headers, parsed.token, parsed.dpop, "/v1/decide") {
+        Ok(c) => c,
+        Err(e) => return errors::decide_error(e),
     };
     let input = DecideInput {
         token,
@@ -269,9 +271,9 @@ async fn report(State(s): State<AppState>, headers: HeaderMap, body: body::Limit
         Ok(b) => b,
         Err(r) => return r,
     };
-    let Some((token, dpop)) = credential(&s, &headers, parsed.token, parsed.dpop, "/v1/report")
-    else {
-        return no_credential();
+    let (token, dpop) = match credential(&s, &headers, parsed.token, parsed.dpop, "/v1/report") {
+        Ok(c) => c,
+        Err(e) => return errors::decide_error(e),
     };
     let input = mandate_broker::ReportInput {
         token,

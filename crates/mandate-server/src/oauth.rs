@@ -73,17 +73,11 @@ pub(crate) async fn token(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let dpop = match headers.get_all("dpop").iter().count() {
-        0 => None,
-        1 => headers
-            .get("dpop")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        _ => {
-            return oauth_error(OAuthError::InvalidDpopProof(
-                "send exactly one DPoP header".into(),
-            ));
-        }
+    let dpop = match mandate_crypto::dpop::single_header(
+        headers.get_all("dpop").iter().map(|v| v.as_bytes()),
+    ) {
+        Ok(p) => p.map(str::to_string),
+        Err(e) => return oauth_error(OAuthError::InvalidDpopProof(e.to_string())),
     };
     let req = TokenRequest {
         grant_type: form.get("grant_type"),

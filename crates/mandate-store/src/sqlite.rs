@@ -46,6 +46,39 @@ fn options(path: &Path, durability: Durability) -> SqliteConnectOptions {
         .foreign_keys(true)
 }
 
+/// The database holds the audit trail and sealed secrets: it is created readable by its owner
+/// only (SQLite gives its `-wal` and `-shm` files the database's mode), and an existing one is
+/// narrowed to that.
+fn restrict_files(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |p: &Path, e: std::io::Error| {
+        StoreError::Database(format!(
+            "cannot restrict `{}` to mode 0600: {e}",
+            p.display()
+        ))
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| fail(path, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| fail(&p, e))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn open(
     path: &Path,
     opts: &StoreOptions,
@@ -57,6 +90,7 @@ pub(crate) async fn open(
             StoreError::Database(format!("cannot create `{}`: {e}", parent.display()))
         })?;
     }
+    restrict_files(path)?;
     let mut conn = SqliteConnection::connect_with(&options(path, opts.durability))
         .await
         .map_err(db)?;

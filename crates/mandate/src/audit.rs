@@ -290,9 +290,7 @@ fn print_node(t: &Task, children: &Children<'_>, steps: &Steps<'_>, depth: usize
 
 async fn export(store: &Store, output: Option<PathBuf>, from: i64) -> anyhow::Result<()> {
     let mut out: Box<dyn Write> = match &output {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create `{}`", p.display()))?,
-        )),
+        Some(p) => Box::new(std::io::BufWriter::new(crate::datadir::create_private(p)?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let mut from = from.max(1);

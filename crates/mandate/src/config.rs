@@ -76,6 +76,7 @@ struct RawTokens {
     assertion_max_lifetime: Option<i64>,
     leeway: Option<i64>,
     dpop_required_tiers: Option<Vec<Tier>>,
+    dpop_registered_key_tiers: Option<Vec<Tier>>,
     dpop_max_age: Option<i64>,
     api_token_days: Option<i64>,
 }
@@ -91,6 +92,7 @@ struct RawBudgets {
 struct RawApprovals {
     ttl_seconds: Option<i64>,
     max_wait_seconds: Option<i64>,
+    max_open_per_task: Option<i64>,
     webhook_url: Option<String>,
     webhook_secret_file: Option<PathBuf>,
     webhook_attempts: Option<u32>,
@@ -155,6 +157,7 @@ pub struct Settings {
     pub assertion_max_lifetime: i64,
     pub leeway: i64,
     pub dpop_required: Vec<Tier>,
+    pub dpop_registered_key: Vec<Tier>,
     pub dpop_max_age: i64,
     pub api_token_days: i64,
     pub sync_decisions: bool,
@@ -164,6 +167,7 @@ pub struct Settings {
     pub suspend_after_denied: std::collections::BTreeMap<Tier, u64>,
     pub approval_ttl: i64,
     pub approval_max_wait: i64,
+    pub approval_max_open_per_task: usize,
     pub webhook: Option<mandate_broker::Webhook>,
     /// Days an owner's confirmation of an agent lasts (`None`: not required).
     pub reconfirm_days: Option<i64>,
@@ -309,6 +313,9 @@ impl Settings {
             )?,
             leeway: positive("tokens.leeway", t.leeway.unwrap_or(30), 300)?,
             dpop_required: t.dpop_required_tiers.unwrap_or_else(|| vec![Tier::High]),
+            dpop_registered_key: t
+                .dpop_registered_key_tiers
+                .unwrap_or_else(|| vec![Tier::High]),
             dpop_max_age: positive("tokens.dpop_max_age", t.dpop_max_age.unwrap_or(60), 600)?,
             api_token_days: positive("tokens.api_token_days", t.api_token_days.unwrap_or(90), 366)?,
             sync_decisions: raw.audit.sync_decisions.unwrap_or(true),
@@ -320,6 +327,12 @@ impl Settings {
                 7 * 86_400,
             )?,
             approval_max_wait: a.max_wait_seconds.unwrap_or(60).clamp(0, 600),
+            approval_max_open_per_task: usize::try_from(positive(
+                "approvals.max_open_per_task",
+                a.max_open_per_task.unwrap_or(10),
+                1000,
+            )?)
+            .unwrap_or(10),
             webhook,
             reconfirm_days: raw
                 .governance

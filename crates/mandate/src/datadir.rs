@@ -76,6 +76,22 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write `{}`", path.display()))
 }
 
+/// Creates (or truncates) a file readable by its owner only, for exports and reports that hold
+/// audit data.
+pub fn create_private(path: &Path) -> anyhow::Result<fs::File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create `{}`", path.display()))?;
+    // An existing file keeps its mode when opened: narrow it.
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set permissions of `{}`", path.display()))?;
+    Ok(f)
+}
+
 /// Loads the signing key, generating it on first start.
 pub fn signing_key(data_dir: &Path) -> anyhow::Result<SigningKey> {
     let dir = data_dir.join("keys");

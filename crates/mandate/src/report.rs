@@ -33,10 +33,12 @@ pub async fn run(global: &Global, settings: &Settings, args: ReportArgs) -> anyh
     let json_path = args.output.with_extension("json");
     let md_path = args.output.with_extension("md");
     let pretty = serde_json::to_string_pretty(&report).context("cannot render the report")?;
-    std::fs::write(&json_path, pretty + "\n")
-        .with_context(|| format!("cannot write `{}`", json_path.display()))?;
-    std::fs::write(&md_path, markdown(&report))
-        .with_context(|| format!("cannot write `{}`", md_path.display()))?;
+    for (path, text) in [(&json_path, pretty + "\n"), (&md_path, markdown(&report))] {
+        use std::io::Write;
+        crate::datadir::create_private(path)?
+            .write_all(text.as_bytes())
+            .with_context(|| format!("cannot write `{}`", path.display()))?;
+    }
     if global.json {
         crate::output::json(&serde_json::json!({
             "markdown": md_path, "json": json_path,

@@ -68,6 +68,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     cfg.assertion_max_lifetime = settings.assertion_max_lifetime;
     cfg.leeway = settings.leeway;
     cfg.dpop_required = settings.dpop_required.iter().copied().collect();
+    cfg.dpop_registered_key = settings.dpop_registered_key.iter().copied().collect();
     cfg.dpop_max_age = settings.dpop_max_age;
     cfg.api_token_days = settings.api_token_days;
     cfg.audit_sync_decisions = settings.sync_decisions;
@@ -77,6 +78,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     cfg.suspend_after_denied = settings.suspend_after_denied.clone();
     cfg.approval_ttl = settings.approval_ttl;
     cfg.approval_max_wait = settings.approval_max_wait;
+    cfg.approval_max_open_per_task = settings.approval_max_open_per_task;
     cfg.webhook = settings.webhook.clone();
     cfg.reconfirm_days = settings.reconfirm_days;
     cfg.dormant_days = settings.dormant_days;
