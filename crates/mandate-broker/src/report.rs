@@ -141,18 +141,63 @@ impl Broker {
         (outcome, changed.then(|| task.clone()))
     }
 
+    /// Records what part of a streamed response carried, after the call's decision was
+    /// committed: when the labels or provenance change, the change is committed (audited as
+    /// `flow_reported`) before this returns, so the gateway releases that part only once a
+    /// restart or another replica could not forget it.
+    pub async fn note_output_now(
+        &self,
+        task_id: &str,
+        input: &ReportInput,
+    ) -> Result<ReportOutcome, DecideError> {
+        let entry = self
+            .inventory
+            .task(task_id)
+            .ok_or_else(|| DecideError::InvalidToken(format!("task `{task_id}` is not known")))?;
+        let (outcome, snapshot) = self.apply_report(task_id, &entry, input);
+        match snapshot {
+            None => Ok(outcome),
+            Some(t) => self.commit_report(&entry, input, outcome, Some(t)).await,
+        }
+    }
+
+    /// Records that a streamed gateway response ended badly (cut at its size limit, or broken
+    /// off by the upstream) after its decision was recorded.
+    pub async fn record_stream_end(&self, task_id: &str, upstream: &str, bytes: usize, why: &str) {
+        let mut e = self.event(EventKind::GatewayStream);
+        if let Some(entry) = self.inventory.task(task_id) {
+            let task = entry.read();
+            e.agent = Some(task.agent.to_string());
+            e.owner = task.owner.as_ref().map(ToString::to_string);
+            e.task = Some(task.id.to_string());
+        }
+        e.reason = Some(why.to_string());
+        e.detail = serde_json::json!({"upstream": upstream, "bytes": bytes, "outcome": "cut"});
+        self.audit_best_effort(e).await;
+    }
+
     async fn record_report(
         &self,
         task_id: &str,
         entry: &std::sync::Arc<crate::state::TaskEntry>,
         input: &ReportInput,
     ) -> Result<ReportOutcome, DecideError> {
+        let (outcome, snapshot) = self.apply_report(task_id, entry, input);
+        self.commit_report(entry, input, outcome, snapshot).await
+    }
+
+    async fn commit_report(
+        &self,
+        entry: &std::sync::Arc<crate::state::TaskEntry>,
+        input: &ReportInput,
+        outcome: ReportOutcome,
+        snapshot: Option<mandate_core::Task>,
+    ) -> Result<ReportOutcome, DecideError> {
         let label = input
             .target
             .as_ref()
             .map(target_label)
             .unwrap_or_else(|| "-".into());
-        let (outcome, snapshot) = self.apply_report(task_id, entry, input);
         let mut e = self.event(EventKind::FlowReported);
         {
             let task = entry.read();

@@ -71,6 +71,8 @@ pub enum EventKind {
     SecretDeleted,
     /// The gateway forwarded or refused one call to an upstream.
     GatewayCall,
+    /// A response the gateway was streaming ended badly: cut at its size limit, or broken off.
+    GatewayStream,
     /// An owner confirmed its agent is still needed.
     AgentConfirmed,
     /// An agent's owner must re-confirm it soon, or already had to.
@@ -109,6 +111,7 @@ impl EventKind {
             EventKind::SecretSet => "secret_set",
             EventKind::SecretDeleted => "secret_deleted",
             EventKind::GatewayCall => "gateway_call",
+            EventKind::GatewayStream => "gateway_stream",
             EventKind::AgentConfirmed => "agent_confirmed",
             EventKind::ConfirmationReminder => "confirmation_reminder",
             EventKind::KeyRotated => "key_rotated",

@@ -105,6 +105,17 @@ pub struct HttpApiConfig {
     /// Output classifiers run on every response.
     #[serde(default)]
     pub classifiers: Vec<Classifier>,
+    /// Request headers forwarded besides the default allow-list (content negotiation and
+    /// conditional requests); credentials, cookies and hop-by-hop headers never are.
+    #[serde(default)]
+    pub request_headers: Vec<String>,
+    /// Response headers returned besides the default allow-list (content type and caching
+    /// metadata); `set-cookie` and hop-by-hop headers never are.
+    #[serde(default)]
+    pub response_headers: Vec<String>,
+    /// Longest response body passed back, in bytes (default 8 MiB); a longer one is cut there.
+    #[serde(default)]
+    pub max_response_bytes: Option<usize>,
     /// The routes; a request matching none is refused.
     pub routes: Vec<RouteConfig>,
 }
@@ -113,9 +124,10 @@ pub struct HttpApiConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// HTTP method.
+    /// HTTP method, uppercase (`GET`); matched exactly.
     pub method: String,
-    /// Path pattern below the API's base, with `{param}` segments, e.g. `/repos/{owner}/{repo}`.
+    /// Path pattern below the API's base, with `{param}` segments, e.g. `/repos/{owner}/{repo}`
+    /// (see [`crate::route::Pattern`]).
     pub path: String,
     /// The action this is, e.g. `read`.
     pub action: String,
@@ -167,18 +179,7 @@ pub fn check(cfg: &GatewayConfig) -> Result<(), String> {
         if !seen.insert(api.name.clone()) {
             return Err(format!("gateway name `{}` is used twice", api.name));
         }
-        if !(api.url.starts_with("http://") || api.url.starts_with("https://")) {
-            return Err(format!("http api `{}`: url must be http(s)", api.name));
-        }
-        for r in &api.routes {
-            if !r.path.starts_with('/') {
-                return Err(format!(
-                    "http api `{}`: route path `{}` must start with `/`",
-                    api.name, r.path
-                ));
-            }
-            mandate_core::scope::check_action(&r.action).map_err(|e| e.to_string())?;
-        }
+        crate::proxy::Api::new(api)?;
     }
     Ok(())
 }

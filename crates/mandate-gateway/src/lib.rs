@@ -12,6 +12,8 @@ mod classify;
 pub mod config;
 mod mcp;
 mod proxy;
+pub mod route;
+mod scrub;
 pub mod template;
 pub mod upstream;
 
@@ -33,6 +35,20 @@ pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// What a call's output added to its task, for the call's audit record (a replica reads the
+/// task again when it sees these).
+pub(crate) fn output_detail(
+    detail: &mut serde_json::Map<String, serde_json::Value>,
+    noted: &mandate_broker::ReportOutcome,
+) {
+    if !noted.added.is_empty() {
+        detail.insert("output_added".into(), serde_json::json!(noted.added));
+    }
+    if noted.remembered > 0 {
+        detail.insert("third_party_values".into(), noted.remembered.into());
+    }
+}
+
 /// The gateway: upstreams, HTTP APIs and the sessions of connected agents.
 pub struct Gateway {
     broker: Arc<Broker>,
@@ -40,6 +56,7 @@ pub struct Gateway {
     upstreams: BTreeMap<String, Arc<upstream::Upstream>>,
     sessions: mcp::Sessions,
     http: reqwest::Client,
+    apis: Vec<proxy::Api>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -54,6 +71,11 @@ impl Gateway {
     /// Checks the configuration and starts the upstreams.
     pub fn start(broker: Arc<Broker>, cfg: GatewayConfig) -> Result<Arc<Self>, String> {
         config::check(&cfg)?;
+        let apis = cfg
+            .http
+            .iter()
+            .map(proxy::Api::new)
+            .collect::<Result<Vec<_>, _>>()?;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -78,6 +100,7 @@ impl Gateway {
             upstreams,
             sessions: mcp::Sessions::default(),
             http,
+            apis,
         }))
     }
 

@@ -161,23 +161,36 @@ fn unauthorized(gw: &Gateway, msg: &str, dpop: bool) -> Response {
     r
 }
 
-/// The credential of an MCP request, with its DPoP proof for `POST {issuer}/mcp`.
-fn credential(gw: &Gateway, headers: &HeaderMap) -> Option<(String, Option<DpopInput>, bool)> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
+/// The credential of an MCP request (one `Authorization` header), with its DPoP proof for
+/// `POST {issuer}/mcp` (at most one `DPoP` header, RFC 9449 section 4.3).
+fn credential(
+    gw: &Gateway,
+    headers: &HeaderMap,
+) -> Result<Option<(String, Option<DpopInput>, bool)>, String> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(v) = all.next().and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err("send exactly one Authorization header".into());
+    }
+    let Some((scheme, token)) = v.split_once(' ') else {
+        return Ok(None);
+    };
     let dpop_scheme = scheme.eq_ignore_ascii_case("dpop");
     if !dpop_scheme && !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
+        return Ok(None);
     }
-    let proof = headers
-        .get("dpop")
-        .and_then(|p| p.to_str().ok())
-        .map(|p| DpopInput {
-            proof: p.to_string(),
-            method: "POST".into(),
-            url: format!("{}/mcp", gw.broker.config().issuer),
-        });
-    Some((token.trim().to_string(), proof, dpop_scheme))
+    let proof = mandate_crypto::dpop::single_header(
+        headers.get_all("dpop").iter().map(HeaderValue::as_bytes),
+    )
+    .map_err(|e| e.to_string())?
+    .map(|p| DpopInput {
+        proof: p.to_string(),
+        method: "POST".into(),
+        url: format!("{}/mcp", gw.broker.config().issuer),
+    });
+    Ok(Some((token.trim().to_string(), proof, dpop_scheme)))
 }
 
 /// Whether a browser `Origin` may talk to the gateway: none (not a browser), or the gateway's
@@ -220,24 +233,30 @@ async fn handle(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes)
         )
             .into_response();
     }
-    let Some((token, dpop, dpop_scheme)) = credential(&gw, &headers) else {
-        return unauthorized(
-            &gw,
-            "a task credential is required: send `Authorization: Bearer <token>`",
-            false,
-        );
+    let (token, dpop, dpop_scheme) = match credential(&gw, &headers) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return unauthorized(
+                &gw,
+                "a task credential is required: send `Authorization: Bearer <token>`",
+                false,
+            );
+        }
+        Err(m) => return unauthorized(&gw, &m, true),
     };
-    let msg: Value = match serde_json::from_slice(&body) {
+    let parsed = serde_json::from_slice(&body).map_err(|e| format!("parse error: {e}"));
+    // A repeated key would be read one way here and perhaps another way upstream.
+    let parsed = parsed.and_then(|v| {
+        mandate_core::json::check_unique_keys(&body)
+            .map(|()| v)
+            .map_err(|e| format!("parse error: {e}"))
+    });
+    let msg: Value = match parsed {
         Ok(v) => v,
         Err(e) => {
             return (
                 StatusCode::BAD_REQUEST,
-                reply(rpc_error(
-                    &Value::Null,
-                    -32700,
-                    &format!("parse error: {e}"),
-                    None,
-                )),
+                reply(rpc_error(&Value::Null, -32700, &e, None)),
             )
                 .into_response();
         }
@@ -633,10 +652,8 @@ async fn call(
                 ),
                 third_party: false,
             };
-            if let Some(noted) = gw.broker.note_output(&mut pending, task_id, &report)
-                && noted.remembered > 0
-            {
-                detail.insert("third_party_values".into(), json!(noted.remembered));
+            if let Some(noted) = gw.broker.note_output(&mut pending, task_id, &report) {
+                crate::output_detail(&mut detail, &noted);
             }
             if !classes.is_empty() {
                 detail.insert("classified".into(), json!(classes));

@@ -1,14 +1,26 @@
 //! The HTTP reverse proxy: `/http/<api>/<path>`. A request matching one of the API's routes is
-//! an action on a resource; it is decided like any other and forwarded only when allowed, with
-//! the API's headers (and secrets) injected and the agent's credential stripped.
+//! an action on a resource; it is decided like any other and forwarded only when allowed, to
+//! exactly the path and query that were decided (see [`crate::route`]), with the API's headers
+//! (and secrets) injected and the agent's credential stripped.
+//!
+//! Headers (RFC 9110 section 7.6.1): hop-by-hop headers, and any header the `Connection` header
+//! names, are never forwarded either way. Of the agent's request only an allow-list travels
+//! (content negotiation, conditional requests, `idempotency-key`, plus the API's
+//! `request_headers`); credentials, cookies and forwarding headers never do. Of the upstream's
+//! response likewise (content type and caching metadata, plus the API's `response_headers`);
+//! `set-cookie` never does. Request bodies are limited to [`MAX_PROXY_BODY`]; JSON-object and
+//! form bodies are judged as the call's arguments. Response bodies stream through, scrubbed of
+//! brokered secrets and scanned for labels on the way, and are cut at the API's
+//! `max_response_bytes`.
 
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use mandate_broker::{DecideError, DecideInput, DpopInput, EventKind, ReportInput, Target};
@@ -17,18 +29,193 @@ use serde_json::{Map, Value, json};
 
 use crate::Gateway;
 use crate::classify::classify;
-use crate::config::{HttpApiConfig, RouteConfig};
-use crate::template::redact;
+use crate::config::{Classifier, HttpApiConfig, RouteConfig};
+use crate::route::{self, Pattern};
+use crate::scrub::Scrubber;
 
 /// Largest request body forwarded.
 pub const MAX_PROXY_BODY: usize = 1024 * 1024;
-/// Largest response body returned.
-const MAX_RESPONSE: usize = 8 * 1024 * 1024;
+/// Largest response body returned, unless the API sets `max_response_bytes`.
+pub const DEFAULT_MAX_RESPONSE: usize = 8 * 1024 * 1024;
+/// A response longer than this (or an event stream) is streamed rather than buffered.
+const BUFFER_LIMIT: usize = 64 * 1024;
+/// Text of the previous chunk scanned again with the next one, so values across the boundary
+/// are found.
+const SCAN_OVERLAP: usize = 2048;
+
+/// Never forwarded, either way (RFC 9110 section 7.6.1, and `proxy-connection` of old clients).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+/// Never forwarded from the agent: its credentials, cookies, and what says where it came from.
+const NEVER_REQUEST: &[&str] = &[
+    "authorization",
+    "dpop",
+    "cookie",
+    "host",
+    "content-length",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "mandate-approval-id",
+];
+/// Never returned to the agent.
+const NEVER_RESPONSE: &[&str] = &["set-cookie", "content-length", "content-encoding"];
+/// Forwarded from the agent by default.
+const DEFAULT_REQUEST: &[&str] = &[
+    "accept",
+    "accept-language",
+    "content-type",
+    "content-language",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "idempotency-key",
+];
+/// Returned to the agent by default.
+const DEFAULT_RESPONSE: &[&str] = &[
+    "content-type",
+    "content-language",
+    "content-disposition",
+    "cache-control",
+    "etag",
+    "last-modified",
+    "expires",
+    "retry-after",
+    "vary",
+];
+
+/// An HTTP API as the proxy uses it: its checked base URL, parsed routes and header lists.
+#[derive(Debug)]
+pub(crate) struct Api {
+    cfg: HttpApiConfig,
+    base: url::Url,
+    routes: Vec<(RouteConfig, Pattern)>,
+    request_headers: HashSet<HeaderName>,
+    response_headers: HashSet<HeaderName>,
+    max_response: usize,
+}
+
+fn header_list(
+    api: &str,
+    field: &str,
+    defaults: &[&str],
+    extra: &[String],
+    never: &[&str],
+) -> Result<HashSet<HeaderName>, String> {
+    let mut out = HashSet::new();
+    for name in defaults
+        .iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+    {
+        let h = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("http api `{api}`: `{name}` in `{field}` is not a header name"))?;
+        if HOP_BY_HOP.contains(&h.as_str()) || never.contains(&h.as_str()) {
+            return Err(format!(
+                "http api `{api}`: `{name}` in `{field}` is never forwarded"
+            ));
+        }
+        out.insert(h);
+    }
+    Ok(out)
+}
+
+impl Api {
+    /// Checks an API's configuration and prepares it.
+    pub(crate) fn new(cfg: &HttpApiConfig) -> Result<Self, String> {
+        let base =
+            route::parse_base(&cfg.url).map_err(|e| format!("http api `{}`: {e}", cfg.name))?;
+        let mut routes = Vec::new();
+        for r in &cfg.routes {
+            let ok_method = !r.method.is_empty()
+                && r.method.len() <= 16
+                && r.method.bytes().all(|b| b.is_ascii_uppercase());
+            if !ok_method {
+                return Err(format!(
+                    "http api `{}`: method `{}` must be an uppercase HTTP method",
+                    cfg.name, r.method
+                ));
+            }
+            let pattern =
+                Pattern::parse(&r.path).map_err(|e| format!("http api `{}`: {e}", cfg.name))?;
+            mandate_core::scope::check_action(&r.action).map_err(|e| e.to_string())?;
+            for p in placeholders(&r.resource) {
+                if !pattern.params().any(|n| n == p) {
+                    return Err(format!(
+                        "http api `{}`: resource `{}` names `{{{p}}}`, which route `{}` does not have",
+                        cfg.name, r.resource, r.path
+                    ));
+                }
+            }
+            routes.push((r.clone(), pattern));
+        }
+        let max_response = cfg.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE);
+        if max_response == 0 || max_response > 1024 * 1024 * 1024 {
+            return Err(format!(
+                "http api `{}`: max_response_bytes must be between 1 and 1 GiB",
+                cfg.name
+            ));
+        }
+        Ok(Api {
+            request_headers: header_list(
+                &cfg.name,
+                "request_headers",
+                DEFAULT_REQUEST,
+                &cfg.request_headers,
+                NEVER_REQUEST,
+            )?,
+            response_headers: header_list(
+                &cfg.name,
+                "response_headers",
+                DEFAULT_RESPONSE,
+                &cfg.response_headers,
+                NEVER_RESPONSE,
+            )?,
+            cfg: cfg.clone(),
+            base,
+            routes,
+            max_response,
+        })
+    }
+
+    /// The API's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.cfg.name
+    }
+}
+
+/// The `{name}` placeholders of a resource template.
+fn placeholders(template: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(at) = rest.find('{') {
+        let tail = rest.get(at + 1..).unwrap_or_default();
+        match tail.find('}') {
+            Some(end) => {
+                out.push(tail.get(..end).unwrap_or_default());
+                rest = tail.get(end + 1..).unwrap_or_default();
+            }
+            None => break,
+        }
+    }
+    out
+}
 
 pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/http/{api}/{*rest}", any(proxy))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_PROXY_BODY))
         .with_state(gw)
 }
 
@@ -40,101 +227,227 @@ fn error(status: StatusCode, code: &str, msg: &str, extra: Option<Value>) -> Res
     (status, axum::Json(body)).into_response()
 }
 
-/// Matches `path` against a route pattern, returning the `{param}` values.
-fn matches(pattern: &str, path: &str) -> Option<Map<String, Value>> {
-    let p: Vec<&str> = pattern.trim_matches('/').split('/').collect();
-    let a: Vec<&str> = path.trim_matches('/').split('/').collect();
-    if p.len() != a.len() {
-        return None;
+/// Header names the `Connection` header lists: hop-by-hop for this message.
+fn connection_listed(headers: &HeaderMap) -> BTreeSet<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The headers of `from` that `allowed` lists and the message's `Connection` header does not.
+fn filtered<'a>(
+    from: &'a HeaderMap,
+    allowed: &'a HashSet<HeaderName>,
+) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> {
+    let hop = connection_listed(from);
+    from.iter()
+        .filter(move |(k, _)| allowed.contains(*k) && !hop.contains(k.as_str()))
+}
+
+/// The call's arguments: route parameters, `query.<name>` for query parameters, and the members
+/// of a JSON-object or form body.
+fn arguments(
+    params: &[(String, String)],
+    query: &[(String, String)],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Map<String, Value>, String> {
+    let mut args = Map::new();
+    for (k, v) in params {
+        args.insert(k.clone(), Value::String(v.clone()));
     }
-    let mut params = Map::new();
-    for (ps, seg) in p.iter().zip(&a) {
-        if let Some(name) = ps.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
-            if seg.is_empty() {
-                return None;
-            }
-            params.insert(name.to_string(), Value::String((*seg).to_string()));
-        } else if ps != seg {
-            return None;
+    for (k, v) in query {
+        args.insert(format!("query.{k}"), Value::String(v.clone()));
+    }
+    if body.is_empty() {
+        return Ok(args);
+    }
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let members: Vec<(String, Value)> = if ctype == "application/json" || ctype.ends_with("+json") {
+        mandate_core::json::check_strict(body).map_err(|e| format!("request body: {e}"))?;
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(m)) => m.into_iter().collect(),
+            Ok(_) => return Ok(args),
+            Err(e) => return Err(format!("request body is not JSON: {e}")),
         }
+    } else if ctype == "application/x-www-form-urlencoded" {
+        let text =
+            std::str::from_utf8(body).map_err(|_| "request body is not UTF-8".to_string())?;
+        route::parse_query(text)
+            .map_err(|e| format!("request body: {e}"))?
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect()
+    } else {
+        return Ok(args);
+    };
+    for (k, v) in members {
+        if args.contains_key(&k) {
+            return Err(format!(
+                "request body member `{}` repeats a path or query parameter",
+                k.chars().take(64).collect::<String>()
+            ));
+        }
+        args.insert(k, v);
     }
-    Some(params)
+    Ok(args)
 }
 
-fn route<'a>(
-    api: &'a HttpApiConfig,
-    method: &Method,
-    path: &str,
-) -> Option<(&'a RouteConfig, Map<String, Value>)> {
-    api.routes.iter().find_map(|r| {
-        (r.method.eq_ignore_ascii_case(method.as_str()))
-            .then(|| matches(&r.path, path).map(|p| (r, p)))
-            .flatten()
-    })
+/// The credential of a proxied request: exactly one `Authorization` header, and at most one
+/// `DPoP` header.
+fn credential(headers: &HeaderMap) -> Result<(String, bool, Option<String>), (StatusCode, String)> {
+    let unauthorized = |m: &str| (StatusCode::UNAUTHORIZED, m.to_string());
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let auth = all
+        .next()
+        .ok_or_else(|| unauthorized("a task credential is required"))?;
+    if all.next().is_some() {
+        return Err(unauthorized("send exactly one Authorization header"));
+    }
+    let (scheme, token) = auth
+        .to_str()
+        .ok()
+        .and_then(|a| a.split_once(' '))
+        .ok_or_else(|| unauthorized("a task credential is required"))?;
+    let dpop_scheme = scheme.eq_ignore_ascii_case("dpop");
+    if !dpop_scheme && !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(unauthorized("use the Bearer or DPoP scheme"));
+    }
+    let proof = mandate_crypto::dpop::single_header(
+        headers.get_all("dpop").iter().map(HeaderValue::as_bytes),
+    )
+    .map_err(|e| unauthorized(&e.to_string()))?;
+    Ok((
+        token.trim().to_string(),
+        dpop_scheme,
+        proof.filter(|_| dpop_scheme).map(str::to_string),
+    ))
 }
 
-async fn proxy(
-    State(gw): State<Arc<Gateway>>,
-    Path((api_name, rest)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
+async fn refuse_request(
+    gw: &Gateway,
+    api: &str,
+    raw: &str,
+    status: StatusCode,
+    msg: &str,
 ) -> Response {
-    let Some(api) = gw.cfg.http.iter().find(|a| a.name == api_name) else {
+    let shown: String = raw.chars().take(512).collect();
+    gw.broker
+        .record_rejected_request(&format!("/http/{api}{shown}"), msg)
+        .await;
+    error(
+        status,
+        if status == StatusCode::FORBIDDEN {
+            "access_denied"
+        } else {
+            "invalid_request"
+        },
+        msg,
+        None,
+    )
+}
+
+async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let raw_path = parts.uri.path();
+    let below = raw_path.strip_prefix("/http/").unwrap_or_default();
+    let (api_name, rest) = below.split_once('/').unwrap_or((below, ""));
+    let rest = format!("/{rest}");
+    let Some(api) = gw.apis.iter().find(|a| a.name() == api_name) else {
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
-            &format!("no HTTP API named `{api_name}`"),
+            &format!(
+                "no HTTP API named `{}`",
+                api_name.chars().take(64).collect::<String>()
+            ),
             None,
         );
     };
-    let path = format!("/{rest}");
-    let Some((route, params)) = route(api, &method, &path) else {
+    let raw_query = parts.uri.query();
+    let parsed = route::parse_path(&rest).and_then(|p| {
+        let q = raw_query
+            .map(route::parse_query)
+            .transpose()?
+            .unwrap_or_default();
+        Ok((p, q))
+    });
+    let (path, query) = match parsed {
+        Ok(ok) => ok,
+        Err(e) => {
+            let msg = format!("refused request target: {e}");
+            return refuse_request(&gw, api_name, &rest, StatusCode::BAD_REQUEST, &msg).await;
+        }
+    };
+    let method = &parts.method;
+    let Some((route, params)) = api.routes.iter().find_map(|(r, p)| {
+        (r.method == method.as_str())
+            .then(|| p.matches(&path).map(|params| (r, params)))
+            .flatten()
+    }) else {
         let msg = format!(
-            "no route of `{api_name}` matches {method} {path}; unrouted requests are refused"
+            "no route of `{api_name}` matches {method} {}; unrouted requests are refused",
+            rest.chars().take(256).collect::<String>()
         );
-        gw.broker
-            .record_rejected_request(&format!("/http/{api_name}{path}"), &msg)
-            .await;
-        return error(StatusCode::FORBIDDEN, "access_denied", &msg, None);
+        return refuse_request(&gw, api_name, &rest, StatusCode::FORBIDDEN, &msg).await;
+    };
+    let upstream = match route::upstream_url(&api.base, &path, &query) {
+        Ok(u) => u,
+        Err(e) => {
+            let msg = format!("refused request target: {e}");
+            return refuse_request(&gw, api_name, &rest, StatusCode::BAD_REQUEST, &msg).await;
+        }
+    };
+    let body = match axum::body::to_bytes(body, MAX_PROXY_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            let msg = format!("request body is larger than {MAX_PROXY_BODY} bytes");
+            return refuse_request(&gw, api_name, &rest, StatusCode::PAYLOAD_TOO_LARGE, &msg).await;
+        }
+    };
+    let arguments = match arguments(&params, &query, &parts.headers, &body) {
+        Ok(a) => a,
+        Err(msg) => {
+            return refuse_request(&gw, api_name, &rest, StatusCode::BAD_REQUEST, &msg).await;
+        }
+    };
+    let (token, dpop_scheme, proof) = match credential(&parts.headers) {
+        Ok(c) => c,
+        Err((status, m)) => return error(status, "invalid_token", &m, None),
     };
     let issuer = &gw.broker.config().issuer;
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let Some((scheme, token)) = auth.and_then(|a| a.split_once(' ')) else {
+    let dpop = proof.map(|p| DpopInput {
+        proof: p,
+        method: method.as_str().to_string(),
+        url: format!("{issuer}/http/{api_name}{rest}"),
+    });
+    if dpop_scheme && dpop.is_none() {
         return error(
             StatusCode::UNAUTHORIZED,
             "invalid_token",
-            "a task credential is required",
+            "the DPoP scheme needs a DPoP proof header",
             None,
         );
-    };
-    let dpop = (scheme.eq_ignore_ascii_case("dpop"))
-        .then(|| headers.get("dpop").and_then(|p| p.to_str().ok()))
-        .flatten()
-        .map(|p| DpopInput {
-            proof: p.to_string(),
-            method: method.as_str().to_string(),
-            url: format!("{issuer}/http/{api_name}{path}"),
-        });
+    }
     let mut resource = route.resource.clone();
     for (k, v) in &params {
-        if let Some(v) = v.as_str() {
-            resource = resource.replace(&format!("{{{k}}}"), v);
-        }
-    }
-    let mut arguments = params.clone();
-    if let Some(q) = &query {
-        for pair in q.split('&').take(64) {
-            if let Some((k, v)) = pair.split_once('=') {
-                arguments.insert(format!("query.{k}"), Value::String(v.to_string()));
-            }
-        }
+        resource = resource.replace(&format!("{{{k}}}"), v);
     }
     let input = DecideInput {
-        token: token.trim().to_string(),
+        token,
         dpop,
         action: route.action.clone(),
         target: Target {
@@ -143,13 +456,14 @@ async fn proxy(
         },
         context: Map::new(),
         arguments,
-        approval_id: headers
+        approval_id: parts
+            .headers
             .get("mandate-approval-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         wait: gw.cfg.approval_wait_seconds,
     };
-    let (outcome, mut pending) = match gw.broker.decide_pending(&input).await {
+    let (outcome, pending) = match gw.broker.decide_pending(&input).await {
         Ok(v) => v,
         Err(DecideError::InvalidToken(m)) | Err(DecideError::InvalidDpopProof(m)) => {
             return error(StatusCode::UNAUTHORIZED, "invalid_token", &m, None);
@@ -162,24 +476,31 @@ async fn proxy(
         }
     };
     let mut detail = Map::new();
-    detail.insert("upstream".into(), api_name.clone().into());
+    detail.insert("upstream".into(), api_name.into());
     detail.insert(
         "route".into(),
         format!("{} {}", route.method, route.path).into(),
     );
+    detail.insert("upstream_path".into(), upstream.path.clone().into());
+    if let Some(q) = &upstream.query {
+        detail.insert("upstream_query".into(), q.clone().into());
+    }
+    let call = Call {
+        gw: gw.clone(),
+        pending,
+        detail,
+        task_id: outcome.task_id.clone(),
+        target: Target {
+            kind: TargetKind::Resource,
+            id: resource,
+        },
+        classifiers: api.cfg.classifiers.clone(),
+    };
     if !outcome.allowed {
-        detail.insert("outcome".into(), "refused".into());
-        if let Err(e) = gw
-            .broker
-            .commit_decision(pending, Some(EventKind::GatewayCall), Some(detail))
-            .await
-        {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                &e.to_string(),
-                None,
-            );
+        let mut call = call;
+        call.detail.insert("outcome".into(), "refused".into());
+        if let Err(r) = call.commit().await {
+            return r;
         }
         return error(
             StatusCode::FORBIDDEN,
@@ -192,23 +513,114 @@ async fn proxy(
             Some(json!({"policies": outcome.policies, "approval_id": outcome.approval_id})),
         );
     }
-    let mut url = format!("{}{path}", api.url.trim_end_matches('/'));
-    if let Some(q) = &query {
-        url.push('?');
-        url.push_str(q);
+    forward(call, api, method.clone(), &parts.headers, upstream, body).await
+}
+
+/// An allowed call in flight: what its audit record will say, and where output labels go.
+struct Call {
+    gw: Arc<Gateway>,
+    pending: mandate_broker::PendingAudit,
+    detail: Map<String, Value>,
+    task_id: String,
+    target: Target,
+    classifiers: Vec<Classifier>,
+}
+
+impl Call {
+    async fn commit(self) -> Result<(), Response> {
+        self.gw
+            .broker
+            .commit_decision(
+                self.pending,
+                Some(EventKind::GatewayCall),
+                Some(self.detail),
+            )
+            .await
+            .map_err(|e| {
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    &e.to_string(),
+                    None,
+                )
+            })
     }
-    let mut req = gw
-        .http
-        .request(method.clone(), &url)
-        .timeout(Duration::from_secs(gw.cfg.call_timeout_seconds.max(1)))
-        .body(body);
-    for name in [header::CONTENT_TYPE, header::ACCEPT] {
-        if let Some(v) = headers.get(&name) {
-            req = req.header(name, v.clone());
+
+    async fn fail(mut self, msg: String) -> Response {
+        self.detail
+            .insert("outcome".into(), "upstream_error".into());
+        self.detail.insert("error".into(), msg.clone().into());
+        if let Err(r) = self.commit().await {
+            return r;
+        }
+        error(StatusCode::BAD_GATEWAY, "upstream_error", &msg, None)
+    }
+}
+
+/// What a response's text taught so far: classes found, third-party values remembered.
+struct Scan {
+    classes: BTreeSet<String>,
+    tail: String,
+}
+
+impl Scan {
+    fn new() -> Self {
+        Scan {
+            classes: BTreeSet::new(),
+            tail: String::new(),
         }
     }
+
+    /// The report for the next released piece: its text with the end of the previous one.
+    fn report(
+        &mut self,
+        released: &[u8],
+        target: &Target,
+        classifiers: &[Classifier],
+    ) -> ReportInput {
+        let text = String::from_utf8_lossy(released);
+        let mut window = std::mem::take(&mut self.tail);
+        window.push_str(&text);
+        let classes: Vec<String> = classify(&window, classifiers)
+            .into_iter()
+            .filter(|c| !self.classes.contains(c))
+            .collect();
+        self.classes.extend(classes.iter().cloned());
+        let start = window.len().saturating_sub(SCAN_OVERLAP);
+        let start = (start..window.len())
+            .find(|i| window.is_char_boundary(*i))
+            .unwrap_or(window.len());
+        self.tail = window.get(start..).unwrap_or_default().to_string();
+        ReportInput {
+            token: String::new(),
+            dpop: None,
+            target: Some(target.clone()),
+            data_classes: classes,
+            output: Some(window),
+            third_party: false,
+        }
+    }
+}
+
+async fn forward(
+    mut call: Call,
+    api: &Api,
+    method: Method,
+    headers: &HeaderMap,
+    upstream: route::Upstream,
+    body: Bytes,
+) -> Response {
+    let gw = call.gw.clone();
+    let mut req = gw
+        .http
+        .request(method, upstream.url.clone())
+        .timeout(Duration::from_secs(gw.cfg.call_timeout_seconds.max(1)))
+        .body(body);
+    for (k, v) in filtered(headers, &api.request_headers) {
+        req = req.header(k, v);
+    }
     let mut secrets = Vec::new();
-    for (k, t) in &api.headers {
+    for (k, t) in &api.cfg.headers {
         match t.resolve(&gw.broker).await {
             Ok(v) => {
                 req = req.header(k.as_str(), v.expose());
@@ -218,134 +630,231 @@ async fn proxy(
                     }
                 }
             }
+            Err(e) => return call.fail(e).await,
+        }
+    }
+    let api_name = api.name().to_string();
+    let started = Instant::now();
+    let mut resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = if e.is_timeout() {
+                format!("`{api_name}` did not answer in time")
+            } else {
+                format!("`{api_name}` is unreachable: {}", crate::root_cause(&e))
+            };
+            return call.fail(msg).await;
+        }
+    };
+    let encoding = resp
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    if encoding.as_deref().is_some_and(|e| e != "identity") {
+        return call
+            .fail(format!(
+                "`{api_name}` answered with a content-encoding the gateway cannot inspect"
+            ))
+            .await;
+    }
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut out_headers = HeaderMap::new();
+    for (k, v) in filtered(resp.headers(), &api.response_headers) {
+        out_headers.append(k.clone(), v.clone());
+    }
+    let streaming = out_headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.to_ascii_lowercase().starts_with("text/event-stream"));
+    // Read what can be read at once: a short response is judged whole, in one audit commit.
+    let mut first = Vec::new();
+    let mut ended = false;
+    while !streaming && first.len() < BUFFER_LIMIT {
+        match resp.chunk().await {
+            Ok(Some(c)) => first.extend_from_slice(&c),
+            Ok(None) => {
+                ended = true;
+                break;
+            }
             Err(e) => {
-                detail.insert("outcome".into(), "upstream_error".into());
-                detail.insert("error".into(), e.clone().into());
-                let _ = gw
-                    .broker
-                    .commit_decision(pending, Some(EventKind::GatewayCall), Some(detail))
+                return call
+                    .fail(format!(
+                        "`{api_name}` broke off its answer: {}",
+                        crate::root_cause(&e)
+                    ))
                     .await;
-                return error(StatusCode::BAD_GATEWAY, "upstream_error", &e, None);
             }
         }
     }
-    let started = Instant::now();
-    let sent = req.send().await;
-    let result = match sent {
-        Ok(mut resp) => {
-            let status = resp.status();
-            let ctype = resp.headers().get(header::CONTENT_TYPE).cloned();
-            let mut body = Vec::new();
-            let mut too_big = false;
-            while let Ok(Some(chunk)) = resp.chunk().await {
-                body.extend_from_slice(&chunk);
-                if body.len() > MAX_RESPONSE {
-                    too_big = true;
-                    break;
-                }
-            }
-            if too_big {
-                Err(format!(
-                    "`{api_name}` answered more than {MAX_RESPONSE} bytes"
-                ))
-            } else {
-                Ok((status, ctype, body))
-            }
-        }
-        Err(e) => Err(if e.is_timeout() {
-            format!("`{api_name}` did not answer in time")
-        } else {
-            format!("`{api_name}` is unreachable: {}", crate::root_cause(&e))
-        }),
-    };
     let elapsed = started.elapsed();
-    detail.insert(
+    metrics::histogram!("mandate_gateway_upstream_seconds", "upstream" => api_name.clone())
+        .record(elapsed.as_secs_f64());
+    call.detail.insert(
         "latency_ms".into(),
         json!((elapsed.as_secs_f64() * 10_000.0).round() / 10.0),
     );
-    metrics::histogram!("mandate_gateway_upstream_seconds", "upstream" => api_name.clone())
-        .record(elapsed.as_secs_f64());
-    match result {
-        Ok((status, ctype, body)) => {
-            let mut text = Value::String(String::from_utf8_lossy(&body).into_owned());
-            let scrubbed = redact(&mut text, &secrets);
-            let text = text.as_str().unwrap_or_default().to_string();
-            let classes: Vec<String> = classify(&text, &api.classifiers).into_iter().collect();
-            let report = ReportInput {
-                token: String::new(),
-                dpop: None,
-                target: Some(Target {
-                    kind: TargetKind::Resource,
-                    id: resource.clone(),
-                }),
-                data_classes: classes.clone(),
-                output: Some(
-                    text.chars()
-                        .take(mandate_core::provenance::MAX_SCAN / 4)
-                        .collect(),
-                ),
-                third_party: false,
-            };
-            if let Some(noted) = gw
-                .broker
-                .note_output(&mut pending, &outcome.task_id, &report)
-                && noted.remembered > 0
-            {
-                detail.insert("third_party_values".into(), json!(noted.remembered));
-            }
-            detail.insert("outcome".into(), "forwarded".into());
-            detail.insert("status".into(), json!(status.as_u16()));
-            if !classes.is_empty() {
-                detail.insert("classified".into(), json!(classes));
-            }
-            if let Err(e) = gw
-                .broker
-                .commit_decision(pending, Some(EventKind::GatewayCall), Some(detail))
-                .await
-            {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    &e.to_string(),
-                    None,
-                );
-            }
-            let body: Vec<u8> = if scrubbed > 0 {
-                text.into_bytes()
-            } else {
-                body
-            };
-            let mut r = (
-                StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
-                body,
-            )
-                .into_response();
-            if let Some(c) = ctype.and_then(|c| HeaderValue::from_bytes(c.as_bytes()).ok()) {
-                r.headers_mut().insert(header::CONTENT_TYPE, c);
-            }
-            r
-        }
-        Err(msg) => {
-            detail.insert("outcome".into(), "upstream_error".into());
-            detail.insert("error".into(), msg.clone().into());
-            let _ = gw
-                .broker
-                .commit_decision(pending, Some(EventKind::GatewayCall), Some(detail))
-                .await;
-            error(StatusCode::BAD_GATEWAY, "upstream_error", &msg, None)
-        }
+    call.detail.insert("outcome".into(), "forwarded".into());
+    call.detail.insert("status".into(), json!(status.as_u16()));
+    if first.len() > api.max_response {
+        return call
+            .fail(format!(
+                "`{api_name}` answered more than {} bytes",
+                api.max_response
+            ))
+            .await;
     }
+    let mut scrubber = Scrubber::new(&secrets);
+    let mut scan = Scan::new();
+    let mut released = scrubber.push(&first);
+    if ended {
+        released.extend(scrubber.finish());
+    }
+    let report = scan.report(&released, &call.target, &call.classifiers);
+    if let Some(noted) = gw
+        .broker
+        .note_output(&mut call.pending, &call.task_id, &report)
+    {
+        crate::output_detail(&mut call.detail, &noted);
+    }
+    if !scan.classes.is_empty() {
+        call.detail.insert("classified".into(), json!(scan.classes));
+    }
+    if scrubber.replaced > 0 {
+        call.detail
+            .insert("secrets_scrubbed".into(), json!(scrubber.replaced));
+    }
+    if ended {
+        call.detail.insert("bytes".into(), json!(first.len()));
+        if let Err(r) = call.commit().await {
+            return r;
+        }
+        let mut r = (status, released).into_response();
+        r.headers_mut().extend(out_headers);
+        return r;
+    }
+    call.detail.insert("streamed".into(), json!(true));
+    let Call {
+        gw,
+        pending,
+        detail,
+        task_id,
+        target,
+        classifiers,
+    } = call;
+    if let Err(e) = gw
+        .broker
+        .commit_decision(pending, Some(EventKind::GatewayCall), Some(detail))
+        .await
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &e.to_string(),
+            None,
+        );
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let stream = Stream {
+        gw,
+        task_id,
+        target,
+        classifiers,
+        api: api_name,
+        limit: api.max_response,
+        sent: first.len(),
+        scrubber,
+        scan,
+    };
+    tokio::spawn(stream.run(resp, released, tx));
+    let mut r = (
+        status,
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response();
+    r.headers_mut().extend(out_headers);
+    r
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The rest of a streamed response, after the call's decision was recorded.
+struct Stream {
+    gw: Arc<Gateway>,
+    task_id: String,
+    target: Target,
+    classifiers: Vec<Classifier>,
+    api: String,
+    limit: usize,
+    sent: usize,
+    scrubber: Scrubber,
+    scan: Scan,
+}
 
-    #[test]
-    fn route_patterns() {
-        let p = matches("/repos/{owner}/{repo}", "/repos/acme/web").unwrap();
-        assert_eq!(p.get("owner").unwrap(), "acme");
-        assert!(matches("/repos/{owner}/{repo}", "/repos/acme").is_none());
-        assert!(matches("/repos/{owner}", "/users/acme").is_none());
+impl Stream {
+    async fn run(
+        mut self,
+        mut resp: reqwest::Response,
+        first: Vec<u8>,
+        tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) {
+        if !first.is_empty() && tx.send(Ok(Bytes::from(first))).await.is_err() {
+            return;
+        }
+        let problem = loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    let rest = self.scrubber.finish();
+                    if let Err(p) = self.release(rest, &tx).await {
+                        break Some(p);
+                    }
+                    break None;
+                }
+                Err(e) => {
+                    break Some(format!(
+                        "`{}` broke off its answer: {}",
+                        self.api,
+                        crate::root_cause(&e)
+                    ));
+                }
+            };
+            self.sent += chunk.len();
+            if self.sent > self.limit {
+                break Some(format!(
+                    "`{}` answered more than {} bytes; the response was cut there",
+                    self.api, self.limit
+                ));
+            }
+            let out = self.scrubber.push(&chunk);
+            if let Err(p) = self.release(out, &tx).await {
+                break Some(p);
+            }
+        };
+        if let Some(p) = problem {
+            let _ = tx.send(Err(std::io::Error::other(p.clone()))).await;
+            self.gw
+                .broker
+                .record_stream_end(&self.task_id, &self.api, self.sent, &p)
+                .await;
+        }
+    }
+
+    /// Scans a piece, records the labels it adds before releasing it, then sends it.
+    async fn release(
+        &mut self,
+        piece: Vec<u8>,
+        tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) -> Result<(), String> {
+        if piece.is_empty() {
+            return Ok(());
+        }
+        let report = self.scan.report(&piece, &self.target, &self.classifiers);
+        self.gw
+            .broker
+            .note_output_now(&self.task_id, &report)
+            .await
+            .map_err(|e| format!("the labels of the response could not be recorded: {e}"))?;
+        tx.send(Ok(Bytes::from(piece)))
+            .await
+            .map_err(|_| "the agent went away".to_string())
     }
 }
