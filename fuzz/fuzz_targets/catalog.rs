@@ -1,11 +1,4 @@
-//! `catalog.toml` files: labels of tools and resources, read on every policy reload.
+//! `catalog.toml` files. The property is in `mandate_fuzz::catalog`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use mandate_policy::Catalog;
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = Catalog::parse(text);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mandate_fuzz::catalog(data));

@@ -1,0 +1,167 @@
+//! The properties Mandate's fuzz targets check, one function per target. Each takes the raw
+//! input bytes and panics (an assertion) if a property does not hold; nothing else may panic.
+//! `fuzz/` wraps each in a libFuzzer binary; `tests/corpus.rs` replays the checked-in corpora
+//! through them on every test run.
+
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    reason = "a broken property is a panic: that is what the fuzzer looks for"
+)]
+
+use std::sync::OnceLock;
+
+use mandate_core::{Grant, Scope};
+use mandate_crypto::assertion::{peek_issuer, peek_subject};
+use mandate_crypto::dpop::{DpopExpectation, verify_dpop};
+use mandate_crypto::{KeyRing, SigningKey};
+use mandate_gateway::route;
+
+/// The targets, by name, as `fuzz/` and the corpus directories call them.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("scope", scope),
+    ("jwt", jwt),
+    ("provenance", provenance),
+    ("catalog", catalog),
+    ("route", route_target),
+    ("json", json),
+];
+
+/// Scopes as agents send them: a `scope` string, `access` entries with argument rules (JSON),
+/// and the call arguments those rules check. What parses must round-trip.
+pub fn scope(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(scope) = Scope::parse(text) {
+        let again = Scope::parse(&scope.to_string()).expect("a parsed scope prints parsable");
+        assert_eq!(again.tokens(), scope.tokens());
+        let _ = scope.excess_over(&Scope::empty());
+    }
+    let (grants, args) = text.split_once('\n').unwrap_or((text, "{}"));
+    if let Ok(grants) = serde_json::from_str::<Vec<Grant>>(grants)
+        && let Ok(scope) = Scope::from_grants(&grants)
+    {
+        let json = serde_json::to_string(&scope).expect("serialises");
+        let back: Scope = serde_json::from_str(&json).expect("round-trips");
+        assert_eq!(back.tokens(), scope.tokens());
+        if let Ok(args) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(args) {
+            for token in scope.tokens() {
+                if let Some((_, target)) = token.split_once(':') {
+                    let _ = scope.check_args(target, &args);
+                }
+            }
+            let _ = scope.intersect(&back);
+            let _ = scope.narrowed_by(&back);
+        }
+    }
+}
+
+fn ring() -> &'static KeyRing {
+    static RING: OnceLock<KeyRing> = OnceLock::new();
+    RING.get_or_init(|| KeyRing::new(SigningKey::generate()))
+}
+
+/// Compact JWTs from the network: client assertions (peeked before the agent is known), DPoP
+/// proofs and task credentials. Nothing unsigned by the ring may verify.
+pub fn jwt(data: &[u8]) {
+    let Ok(token) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = peek_subject(token);
+    let _ = peek_issuer(token);
+    let want = DpopExpectation {
+        method: "POST",
+        url: "https://mandate.example/v1/decide",
+        access_token: Some("credential"),
+        now: 1_800_000_000,
+        max_age: 60,
+    };
+    let _ = verify_dpop(token, &want);
+    let verified = ring().verify_access_token(
+        token,
+        "https://mandate.example",
+        "https://mandate.example",
+        1_800_000_000,
+    );
+    assert!(verified.is_err(), "a credential nobody signed verified");
+}
+
+/// Tool outputs (third-party content) scanned for addresses, URLs, hosts and account-like
+/// values, then call arguments checked against what was remembered.
+pub fn provenance(data: &[u8]) {
+    use mandate_core::provenance::Provenance;
+    let text = String::from_utf8_lossy(data);
+    let mut p = Provenance::default();
+    p.remember(&text, "fuzz.tool");
+    let (out, args) = text.split_once('\n').unwrap_or((&text, "{}"));
+    p.remember(out, "fuzz.other");
+    if let Ok(args) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(args) {
+        let _ = p.marks(&args, &|_| false);
+    }
+}
+
+/// `catalog.toml` files, read on every policy reload.
+pub fn catalog(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = mandate_policy::Catalog::parse(text);
+    }
+}
+
+/// Raw request targets of the HTTP proxy: a path that passes is rebuilt into an upstream URL
+/// whose path has exactly one segment per request segment, each decoding to the value that was
+/// decided, with no dot segment and no separator inside; a query that passes comes back pair
+/// for pair.
+pub fn route_target(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (raw_path, raw_query) = text.split_once('?').unwrap_or((text, ""));
+    let raw_path = format!("/{}", raw_path.trim_start_matches('/'));
+    let Ok(path) = route::parse_path(&raw_path) else {
+        return;
+    };
+    let query = route::parse_query(raw_query).unwrap_or_default();
+    for pattern in ["/tickets/{id}", "/{a}/{b}/{c}", "/x/", "/"] {
+        let p = route::Pattern::parse(pattern).expect("a valid pattern");
+        if let Some(params) = p.matches(&path) {
+            assert_eq!(params.len(), p.params().count());
+        }
+    }
+    let base = route::parse_base("http://upstream.example/base").expect("a valid base");
+    let Ok(up) = route::upstream_url(&base, &path, &query) else {
+        return;
+    };
+    let below = up
+        .path
+        .strip_prefix("/base/")
+        .expect("the upstream path stays below the base");
+    let sent: Vec<&str> = below.split('/').collect();
+    let expected = path.segments.len() + usize::from(path.trailing_slash);
+    let expected = expected.max(1);
+    assert_eq!(sent.len(), expected, "{} → {}", raw_path, up.path);
+    for (seg, enc) in path.segments.iter().zip(&sent) {
+        assert_eq!(*enc, route::encode(&seg.decoded));
+        assert!(
+            enc.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b))
+        );
+        assert!(*enc != "." && *enc != "..");
+    }
+    // What the URL library reads back is what was built.
+    let reparsed = url::Url::parse(up.url.as_str()).expect("a built URL parses");
+    assert_eq!(reparsed.path(), up.path);
+    assert_eq!(reparsed.query(), up.query.as_deref());
+    if let Some(q) = &up.query {
+        let back = route::parse_query(q).expect("a built query parses");
+        assert_eq!(back, query);
+    }
+}
+
+/// JSON bodies of decision requests: the strict check never panics, and what it accepts has
+/// no repeated key and parses.
+pub fn json(data: &[u8]) {
+    if mandate_core::json::check_strict(data).is_ok() {
+        assert!(serde_json::from_slice::<serde_json::Value>(data).is_ok());
+    }
+}
