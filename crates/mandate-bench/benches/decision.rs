@@ -100,10 +100,11 @@ fn fixture(extra: usize, labelled: bool) -> Fixture {
 /// What Mandate does per decision once the credential is verified: the scope and argument
 /// gates, the flow and argument records, and the Cedar call with its verdict.
 fn mandate_decide(f: &mut Fixture) -> bool {
-    if !f.scope.allows("read", "cases") || f.scope.check_args("cases", &f.args).is_err() {
+    if !f.scope.allows("read", "cases") || f.scope.check_args("cases", &f.args, &|_| false).is_err()
+    {
         return false;
     }
-    let flow = flow_to_cedar(&mut f.flow, "cases", Timestamp(5_000)).unwrap();
+    let flow = flow_to_cedar(&mut f.flow, "cases", &Default::default(), Timestamp(5_000)).unwrap();
     let verdict = f.bundle.decide(
         &f.index,
         &Query {
@@ -147,7 +148,7 @@ fn cedar_parts(f: &mut Fixture) -> Parts {
         ),
         (
             "flow".to_string(),
-            flow_to_cedar(&mut f.flow, "cases", Timestamp(5_000)).unwrap(),
+            flow_to_cedar(&mut f.flow, "cases", &Default::default(), Timestamp(5_000)).unwrap(),
         ),
         ("args".to_string(), args_to_cedar(&f.args).unwrap()),
         (
@@ -221,12 +222,19 @@ fn parts(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 f.scope.allows(black_box("read"), black_box("cases"))
-                    && f.scope.check_args("cases", &f.args).is_ok(),
+                    && f.scope.check_args("cases", &f.args, &|_| false).is_ok(),
             )
         })
     });
     g.bench_function("flow_to_cedar", |b| {
-        b.iter(|| black_box(flow_to_cedar(&mut f.flow, "cases", Timestamp(5_000))))
+        b.iter(|| {
+            black_box(flow_to_cedar(
+                &mut f.flow,
+                "cases",
+                &Default::default(),
+                Timestamp(5_000),
+            ))
+        })
     });
     g.bench_function("request_json_to_cedar", |b| {
         b.iter(|| {

@@ -560,6 +560,7 @@ impl Broker {
         let default_intent = new.default_intent.unwrap_or(Intent {
             text: "work requested with a plain scope".into(),
             class: "default".into(),
+            values: Vec::new(),
         });
         default_intent.check().map_err(bad)?;
         let description = new.description.unwrap_or_default();

@@ -684,22 +684,33 @@ impl Broker {
                 ),
             );
         }
-        if let Err(why) = task.scope.check_args(&input.target.id, &input.arguments) {
+        if !task.provenance.request_known() {
+            let pinned = task.scope.pinned_values();
+            let values = task.intent.values.iter().chain(&pinned).map(String::as_str);
+            task.provenance.set_request(&task.intent.text, values);
+        }
+        let catalogued = bundle.catalog().get(&input.target.id).map(|(_, l)| l);
+        let destinations = catalogued.map_or(&[][..], |l| l.destinations.as_slice());
+        let marks = task.provenance.marks(&input.arguments, destinations);
+        let carries_third_party = |name: &str| {
+            marks
+                .args
+                .iter()
+                .any(|a| a == name || a.strip_prefix(name).is_some_and(|r| r.starts_with('.')))
+        };
+        if let Err(why) =
+            task.scope
+                .check_args(&input.target.id, &input.arguments, &carries_third_party)
+        {
             return Verdict::deny("mandate:task-arguments", why);
         }
-        let flow = match flow_to_cedar(&mut task.flow, &input.target.id, now) {
+        let unsinked = bundle
+            .catalog()
+            .unsinked(&input.target.id, &task.flow.data_read);
+        let flow = match flow_to_cedar(&mut task.flow, &input.target.id, &unsinked, now) {
             Ok(f) => f,
             Err(e) => return Verdict::deny("mandate:context", e.to_string()),
         };
-        // A value the task's own request named (in its intent or its argument rules) is the
-        // task's, not the third party's.
-        let own = serde_json::to_string(&task.scope).unwrap_or_default();
-        let intent = task.intent.text.to_ascii_lowercase();
-        let named = |v: &str| {
-            let v = v.to_ascii_lowercase();
-            intent.contains(&v) || own.to_ascii_lowercase().contains(&v)
-        };
-        let marks = task.provenance.marks(&input.arguments, &named);
         let provenance = match provenance_to_cedar(&marks) {
             Ok(p) => p,
             Err(e) => return Verdict::deny("mandate:context", e.to_string()),

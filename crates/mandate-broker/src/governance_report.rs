@@ -64,8 +64,12 @@ const CONTROLS: &[Row] = &[
         AGENTIC,
         "ASI01",
         "Agent Goal Hijack",
-        "argument provenance: values first seen in third-party content and used as a write's target wait for the owner's approval",
-        &["third-party-target-needs-approval"],
+        "argument provenance: a call whose destination only third-party content named, or that passes on a third-party link, waits for the owner's approval; after a sensitive read it is denied (or held, for low-tier agents)",
+        &[
+            "third-party-destination-needs-approval",
+            "third-party-link-needs-approval",
+            "sensitive-data-to-third-party-destination",
+        ],
         &[
             "gateway.rs::the_python_sdk_works_through_the_gateway_with_real_servers",
             "runtime_policy.rs::s9_a_large_refund_needs_one_exact_approval",

@@ -95,6 +95,9 @@ struct TaskDetails {
     access: Vec<Grant>,
     #[serde(default)]
     budget: Budget,
+    /// Values the request named beyond its intent text.
+    #[serde(default)]
+    values: Vec<String>,
 }
 
 /// The writes that spend one-time values (assertion and DPoP `jti`s); a second use conflicts.
@@ -185,6 +188,7 @@ impl Broker {
                 if let Some(class) = d.intent_class {
                     intent.class = class;
                 }
+                intent.values = d.values;
                 ttl = d.ttl;
                 budget = d.budget;
                 // `scope` tokens and `access` entries (with their argument rules) add up.

@@ -52,6 +52,54 @@ fn check_class(c: &str) -> bool {
             .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
 }
 
+/// Splits a JSON output into the text of the members named `fields` (at any depth) and the text
+/// of the rest; `None` if it is not JSON.
+fn split_fields(text: &str, fields: &[String]) -> Option<(String, String)> {
+    fn walk(
+        v: &serde_json::Value,
+        inside: bool,
+        fields: &[String],
+        out: &mut (String, String),
+        depth: usize,
+    ) {
+        if depth > 32 {
+            return;
+        }
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, item) in m {
+                    walk(
+                        item,
+                        inside || fields.iter().any(|f| f == k),
+                        fields,
+                        out,
+                        depth + 1,
+                    );
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    walk(item, inside, fields, out, depth + 1);
+                }
+            }
+            serde_json::Value::Null => {}
+            scalar => {
+                let s = match scalar {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let into = if inside { &mut out.0 } else { &mut out.1 };
+                into.push_str(&s);
+                into.push('\n');
+            }
+        }
+    }
+    let v: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+    let mut out = (String::new(), String::new());
+    walk(&v, false, fields, &mut out, 0);
+    Some(out)
+}
+
 impl Broker {
     /// Adds reported data classes to a task's flow labels, and records the report.
     pub async fn report(&self, input: &ReportInput) -> Result<ReportOutcome, DecideError> {
@@ -112,26 +160,38 @@ impl Broker {
         entry: &crate::state::TaskEntry,
         input: &ReportInput,
     ) -> (ReportOutcome, Option<mandate_core::Task>) {
-        let third_party = input.third_party
-            || input.target.as_ref().is_some_and(|t| {
-                self.policy
-                    .current()
-                    .catalog()
-                    .get(&t.id)
-                    .is_some_and(|(_, l)| l.third_party_content)
-            });
+        let bundle = self.policy.current();
+        let labels = input
+            .target
+            .as_ref()
+            .and_then(|t| bundle.catalog().get(&t.id))
+            .map(|(_, l)| l);
+        let third_party = input.third_party || labels.is_some_and(|l| l.third_party_content);
+        let fields = labels.map_or(&[][..], |l| l.third_party_fields.as_slice());
         let source = input
             .target
             .as_ref()
             .map(|t| t.id.clone())
             .unwrap_or_else(|| "reported".into());
+        // Which parts of the output others wrote, and which the tool itself vouches for.
+        let (others, own) = match &input.output {
+            None => (None, None),
+            Some(text) if third_party => (Some(text.clone()), None),
+            Some(text) if !fields.is_empty() => match split_fields(text, fields) {
+                Some((others, own)) => (Some(others), Some(own)),
+                None => (Some(text.clone()), None),
+            },
+            Some(text) => (None, Some(text.clone())),
+        };
         let mut task = entry.write();
         let added = task.flow.record_read(&input.data_classes);
-        let remembered = match (&input.output, third_party) {
-            (Some(text), true) => task.provenance.remember(text, &source),
-            _ => 0,
-        };
-        let changed = !added.is_empty() || remembered > 0;
+        let remembered = others
+            .as_deref()
+            .map_or(0, |t| task.provenance.remember(t, &source));
+        let trusted = own
+            .as_deref()
+            .map_or(0, |t| task.provenance.remember_trusted(t));
+        let changed = !added.is_empty() || remembered > 0 || trusted > 0;
         let outcome = ReportOutcome {
             task_id: task_id.to_string(),
             added,

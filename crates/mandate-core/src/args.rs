@@ -33,6 +33,10 @@ pub enum ArgRule {
     In(Vec<Value>),
     /// A string matching this glob (`*` any run, `?` one character).
     Pattern(String),
+    /// No value that only third-party content supplied (see [`crate::provenance`]): the
+    /// argument must come from the task's request, a trusted output, or the agent itself.
+    /// Written `{"third_party": false}`.
+    NoThirdParty,
     /// A number within these bounds (inclusive).
     Range {
         /// Lower bound.
@@ -118,9 +122,20 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 }
 
 impl ArgRule {
-    /// Whether `v` satisfies the rule.
+    /// Whether `v` satisfies the rule; for an array, whether every element does. The
+    /// provenance rule is judged by [`ArgRules::check`], which knows the call's provenance.
     pub fn admits(&self, v: &Value) -> bool {
+        match v {
+            Value::Array(items) if !matches!(self, ArgRule::NoThirdParty) => {
+                items.iter().all(|i| !i.is_array() && self.admits_one(i))
+            }
+            _ => self.admits_one(v),
+        }
+    }
+
+    fn admits_one(&self, v: &Value) -> bool {
         match self {
+            ArgRule::NoThirdParty => true,
             ArgRule::Eq(want) => same(want, v),
             ArgRule::In(set) => set.iter().any(|w| same(w, v)),
             ArgRule::Pattern(p) => v.as_str().is_some_and(|s| glob(p, s)),
@@ -139,6 +154,7 @@ impl ArgRule {
                 ArgRule::Pattern(q) => p == q || q.chars().all(|c| c == '*'),
                 _ => false,
             },
+            ArgRule::NoThirdParty => matches!(outer, ArgRule::NoThirdParty),
             ArgRule::Range { min, max } => match outer {
                 ArgRule::Range {
                     min: omin,
@@ -157,7 +173,7 @@ impl ArgRule {
                     lo && hi
                 }
                 ArgRule::Eq(v) => min.is_some() && min == max && v.as_f64() == *min,
-                ArgRule::In(_) | ArgRule::Pattern(_) => false,
+                ArgRule::In(_) | ArgRule::Pattern(_) | ArgRule::NoThirdParty => false,
             },
         }
     }
@@ -214,6 +230,9 @@ impl fmt::Display for ArgRule {
                     .join(", ")
             ),
             ArgRule::Pattern(p) => write!(f, "matches `{p}`"),
+            ArgRule::NoThirdParty => {
+                write!(f, "carries no value only third-party content supplied")
+            }
             ArgRule::Range { min, max } => match (min, max) {
                 (Some(a), Some(b)) => write!(f, "between {a} and {b}"),
                 (Some(a), None) => write!(f, "≥ {a}"),
@@ -230,6 +249,7 @@ impl Serialize for ArgRule {
             ArgRule::Eq(v) => v.clone(),
             ArgRule::In(set) => serde_json::json!({ "in": set }),
             ArgRule::Pattern(p) => serde_json::json!({ "pattern": p }),
+            ArgRule::NoThirdParty => serde_json::json!({ "third_party": false }),
             ArgRule::Range { min, max } => {
                 let mut m = serde_json::Map::new();
                 if let Some(a) = min {
@@ -256,6 +276,14 @@ impl<'de> Deserialize<'de> for ArgRule {
                     ["in"] => match m.get("in") {
                         Some(Value::Array(a)) => ArgRule::In(a.clone()),
                         _ => return Err(D::Error::custom("`in` must be an array")),
+                    },
+                    ["third_party"] => match m.get("third_party") {
+                        Some(Value::Bool(false)) => ArgRule::NoThirdParty,
+                        _ => {
+                            return Err(D::Error::custom(
+                                "`third_party` can only be `false` (no third-party values)",
+                            ));
+                        }
                     },
                     ["pattern"] => match m.get("pattern") {
                         Some(Value::String(p)) => ArgRule::Pattern(p.clone()),
@@ -302,13 +330,26 @@ impl ArgRules {
         self.0.is_empty()
     }
 
-    /// Checks call arguments; the error names the first argument that breaks a rule.
-    pub fn check(&self, args: &serde_json::Map<String, Value>) -> Result<(), String> {
+    /// Checks call arguments; `third_party` tells whether an argument (by name) carries a value
+    /// only third-party content supplied. The error names the first argument that breaks a rule.
+    pub fn check(
+        &self,
+        args: &serde_json::Map<String, Value>,
+        third_party: &dyn Fn(&str) -> bool,
+    ) -> Result<(), String> {
         for (name, rules) in &self.0 {
             let Some(v) = args.get(name) else {
                 return Err(format!("argument `{name}` is required by the task's scope"));
             };
             for r in rules {
+                if matches!(r, ArgRule::NoThirdParty) {
+                    if third_party(name) {
+                        return Err(format!(
+                            "argument `{name}` carries a value that only third-party content supplied, and the task's scope requires it not to"
+                        ));
+                    }
+                    continue;
+                }
                 if !r.admits(v) {
                     let shown: String = v.to_string().chars().take(80).collect();
                     if too_precise(r, v) {
@@ -432,16 +473,16 @@ mod tests {
             json!({"recipient": {"in": ["a", "b"]}, "amount": {"max": 100}, "to": {"pattern": "*@example.com"}, "currency": "EUR"}),
         );
         let ok = json!({"recipient": "a", "amount": 99.5, "to": "x@example.com", "currency": "EUR", "memo": "hi"});
-        assert!(r.check(ok.as_object().unwrap()).is_ok());
+        assert!(r.check(ok.as_object().unwrap(), &|_| false).is_ok());
         let bad =
             json!({"recipient": "a", "amount": 500, "to": "x@example.com", "currency": "EUR"});
         assert_eq!(
-            r.check(bad.as_object().unwrap()).unwrap_err(),
+            r.check(bad.as_object().unwrap(), &|_| false).unwrap_err(),
             "argument `amount` = 500 is outside the task's scope (amount ≤ 100)"
         );
         let missing = json!({"recipient": "a", "amount": 5, "currency": "EUR"});
         assert!(
-            r.check(missing.as_object().unwrap())
+            r.check(missing.as_object().unwrap(), &|_| false)
                 .unwrap_err()
                 .contains("`to` is required")
         );
@@ -454,7 +495,7 @@ mod tests {
             let v: Value =
                 serde_json::from_str(&format!(r#"{{"amount": {amount}, "account": {account}}}"#))
                     .unwrap();
-            r.check(v.as_object().unwrap())
+            r.check(v.as_object().unwrap(), &|_| false)
         };
         assert!(call("100", "9007199254740993").is_ok());
         assert!(call("99.99", "9007199254740993").is_ok());
@@ -464,6 +505,37 @@ mod tests {
         assert!(call("1", "9007199254740992").is_err());
         assert!(
             serde_json::from_value::<ArgRules>(json!({"a": {"max": 0.30000000000000004}})).is_err()
+        );
+    }
+
+    #[test]
+    fn array_arguments_are_checked_element_by_element() {
+        let r = rules(
+            json!({"recipients": {"in": ["a@x.example", "b@x.example"]}, "cc": {"pattern": "*@x.example"}}),
+        );
+        let call = |v: Value| r.check(v.as_object().unwrap(), &|_| false);
+        assert!(
+            call(json!({"recipients": ["a@x.example", "b@x.example"], "cc": ["c@x.example"]}))
+                .is_ok()
+        );
+        assert!(call(json!({"recipients": ["a@x.example", "evil@y.example"], "cc": []})).is_err());
+        assert!(call(json!({"recipients": "a@x.example", "cc": ["c@evil.example"]})).is_err());
+        assert!(call(json!({"recipients": [["a@x.example"]], "cc": "c@x.example"})).is_err());
+    }
+
+    #[test]
+    fn a_rule_can_refuse_third_party_values() {
+        let r = rules(json!({"to": {"third_party": false}}));
+        let args = json!({"to": "mallory@evil.example"});
+        assert!(r.check(args.as_object().unwrap(), &|_| false).is_ok());
+        let e = r
+            .check(args.as_object().unwrap(), &|a| a == "to")
+            .unwrap_err();
+        assert!(e.contains("third-party"), "{e}");
+        assert!(serde_json::from_value::<ArgRules>(json!({"to": {"third_party": true}})).is_err());
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"to": {"third_party": false}})
         );
     }
 

@@ -171,14 +171,30 @@ impl Agent {
 /// Why a task exists: free text for people and a class for policies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
-    /// What the task is for, in words.
+    /// What the task is for, in words: free text, typically the request the agent's planner was
+    /// given (line breaks allowed).
     pub text: String,
     /// A short machine-readable class, e.g. `code_change`, `support`, `research`.
     pub class: String,
+    /// Values the request named (addresses, accounts, URLs, ids) beyond those in its text: calls
+    /// carrying them are the task's own doing (see [`crate::provenance`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
 }
 
 /// Longest intent text.
-pub const MAX_INTENT_TEXT: usize = 1024;
+pub const MAX_INTENT_TEXT: usize = 8 * 1024;
+/// Most values an intent may name.
+pub const MAX_INTENT_VALUES: usize = 64;
+/// Longest such value.
+pub const MAX_INTENT_VALUE: usize = 256;
+
+/// Whether a character may not appear in free text shown to people: control characters other
+/// than line breaks and tabs, and the invisible characters that reorder or hide text.
+pub fn unsafe_text_char(c: char) -> bool {
+    (c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
 /// Longest intent class.
 pub const MAX_INTENT_CLASS: usize = 64;
 
@@ -193,8 +209,23 @@ impl Intent {
                 "intent text is longer than {MAX_INTENT_TEXT} bytes"
             ));
         }
-        if self.text.chars().any(char::is_control) {
-            return Err("intent text has control characters".into());
+        if self.text.chars().any(unsafe_text_char) {
+            return Err(
+                "intent text has control or invisible formatting characters (line breaks and tabs are fine)"
+                    .into(),
+            );
+        }
+        if self.values.len() > MAX_INTENT_VALUES {
+            return Err(format!(
+                "an intent names at most {MAX_INTENT_VALUES} values"
+            ));
+        }
+        if self.values.iter().any(|v| {
+            v.trim().is_empty() || v.len() > MAX_INTENT_VALUE || v.chars().any(char::is_control)
+        }) {
+            return Err(format!(
+                "intent values must be 1 to {MAX_INTENT_VALUE} bytes without control characters"
+            ));
         }
         let class_ok = !self.class.is_empty()
             && self.class.len() <= MAX_INTENT_CLASS
@@ -383,21 +414,40 @@ mod tests {
 
     #[test]
     fn intent_checks() {
-        let ok = Intent {
-            text: "fix bug 12".into(),
-            class: "code_change".into(),
+        let intent = |text: &str, class: &str| Intent {
+            text: text.into(),
+            class: class.into(),
+            values: Vec::new(),
         };
-        assert!(ok.check().is_ok());
-        let bad = Intent {
-            text: "x".into(),
-            class: "Code Change".into(),
-        };
-        assert!(bad.check().unwrap_err().contains("`Code Change`"));
-        let empty = Intent {
-            text: "  ".into(),
-            class: "a".into(),
-        };
-        assert_eq!(empty.check().unwrap_err(), "intent text is empty");
+        assert!(intent("fix bug 12", "code_change").check().is_ok());
+        assert!(
+            intent("Email the summary\nto bob@example.com,\tplease", "support")
+                .check()
+                .is_ok()
+        );
+        assert!(
+            intent("x", "Code Change")
+                .check()
+                .unwrap_err()
+                .contains("`Code Change`")
+        );
+        assert_eq!(
+            intent("  ", "a").check().unwrap_err(),
+            "intent text is empty"
+        );
+        for hidden in [
+            "bell\u{7}",
+            "esc\u{1b}[31m",
+            "rtl\u{202E}txt",
+            "zw\u{200B}sp",
+        ] {
+            assert!(intent(hidden, "a").check().is_err(), "{hidden:?}");
+        }
+        let mut many = intent("pay", "a");
+        many.values = vec!["DE89370400440532013000".into()];
+        assert!(many.check().is_ok());
+        many.values = vec!["a\nb".into()];
+        assert!(many.check().is_err());
     }
 
     #[test]

@@ -138,6 +138,28 @@ impl Scope {
         Ok(scope)
     }
 
+    /// The string values the argument rules pin (`"to": "a@x"`, `{"in": [...]}`): values the
+    /// task's request named.
+    pub fn pinned_values(&self) -> Vec<String> {
+        use crate::args::ArgRule;
+        let mut out = Vec::new();
+        for rules in self.args.values() {
+            for rule in rules.0.values().flatten() {
+                let values: &[serde_json::Value] = match rule {
+                    ArgRule::Eq(v) => std::slice::from_ref(v),
+                    ArgRule::In(set) => set,
+                    _ => &[],
+                };
+                out.extend(values.iter().filter_map(|v| match v {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                }));
+            }
+        }
+        out
+    }
+
     /// The argument rules on `target`, if any.
     pub fn arg_rules(&self, target: &str) -> Option<&ArgRules> {
         self.args.get(target)
@@ -148,9 +170,10 @@ impl Scope {
         &self,
         target: &str,
         args: &serde_json::Map<String, serde_json::Value>,
+        third_party: &dyn Fn(&str) -> bool,
     ) -> Result<(), String> {
         match self.args.get(target) {
-            Some(rules) => rules.check(args),
+            Some(rules) => rules.check(args, third_party),
             None => Ok(()),
         }
     }
@@ -387,7 +410,7 @@ mod tests {
         let call = serde_json::json!({"amount": 50, "recipient": "c"});
         assert!(
             effective
-                .check_args("send_money", call.as_object().unwrap())
+                .check_args("send_money", call.as_object().unwrap(), &|_| false)
                 .is_err()
         );
         let greedy: Scope = serde_json::from_value(serde_json::json!([

@@ -17,8 +17,11 @@ use mandate_crypto::dpop::{DpopExpectation, verify_dpop};
 use mandate_crypto::{KeyRing, SigningKey};
 use mandate_gateway::route;
 
+/// One target's check.
+pub type Check = fn(&[u8]);
+
 /// The targets, by name, as `fuzz/` and the corpus directories call them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("scope", scope),
     ("jwt", jwt),
     ("provenance", provenance),
@@ -48,7 +51,7 @@ pub fn scope(data: &[u8]) {
         if let Ok(args) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(args) {
             for token in scope.tokens() {
                 if let Some((_, target)) = token.split_once(':') {
-                    let _ = scope.check_args(target, &args);
+                    let _ = scope.check_args(target, &args, &|a| a.len() % 2 == 0);
                 }
             }
             let _ = scope.intersect(&back);
@@ -93,11 +96,24 @@ pub fn provenance(data: &[u8]) {
     use mandate_core::provenance::Provenance;
     let text = String::from_utf8_lossy(data);
     let mut p = Provenance::default();
-    p.remember(&text, "fuzz.tool");
-    let (out, args) = text.split_once('\n').unwrap_or((&text, "{}"));
-    p.remember(out, "fuzz.other");
+    let (request, rest) = text.split_once('\n').unwrap_or(("", &text));
+    p.set_request(request, [request]);
+    let (out, args) = rest.split_once('\n').unwrap_or((rest, "{}"));
+    p.remember(out, "fuzz.tool");
+    p.remember_trusted(request);
     if let Ok(args) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(args) {
-        let _ = p.marks(&args, &|_| false);
+        let names: Vec<String> = args.keys().cloned().collect();
+        let marks = p.marks(&args, &names);
+        // Every value the request itself holds is the request's.
+        if let Some(serde_json::Value::String(v)) = args.values().next()
+            && v == request
+            && !request.trim().is_empty()
+        {
+            assert!(
+                marks.args.is_empty(),
+                "a value of the request was marked: {marks:?}"
+            );
+        }
     }
 }
 

@@ -534,6 +534,21 @@ async fn injected(gw: &Gateway, up: &Upstream) -> Vec<mandate_crypto::SecretStri
     out
 }
 
+/// The text of an MCP result as the tool wrote it, for provenance: its structured content, or
+/// its text contents joined; `None` when it has neither.
+fn output_text(result: &Value) -> Option<String> {
+    if let Some(sc) = result.get("structuredContent").filter(|v| !v.is_null()) {
+        return Some(sc.to_string());
+    }
+    let texts: Vec<&str> = result
+        .get("content")?
+        .as_array()?
+        .iter()
+        .filter_map(|c| c.get("text").and_then(Value::as_str))
+        .collect();
+    (!texts.is_empty()).then(|| texts.join("\n"))
+}
+
 async fn call(
     gw: &Arc<Gateway>,
     token: &str,
@@ -645,11 +660,7 @@ async fn call(
                 dpop: None,
                 target: Some(aim.target.clone()),
                 data_classes: classes.clone(),
-                output: Some(
-                    text.chars()
-                        .take(mandate_core::provenance::MAX_SCAN / 4)
-                        .collect(),
-                ),
+                output: Some(output_text(&result).unwrap_or_else(|| text.clone())),
                 third_party: false,
             };
             if let Some(noted) = gw.broker.note_output(&mut pending, task_id, &report) {

@@ -44,6 +44,16 @@ pub struct Labels {
     /// messages): the values in it are remembered for argument provenance.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub third_party_content: bool,
+    /// For a tool whose output is JSON with some members written by others (a transaction's
+    /// subject, a listing's reviews): the member names, at any depth, whose values are
+    /// third-party content; the rest of the output is trusted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub third_party_fields: Vec<String>,
+    /// The arguments naming where a call sends data, money or access (recipients, URLs,
+    /// accounts, invitees), or what a destructive call acts on: their values' origins are what
+    /// flow and provenance policies judge (`context.provenance.destinations`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<String>,
 }
 
 impl Labels {
@@ -80,6 +90,27 @@ impl Labels {
                 "`{name}`: data class `{dc}` must be lowercase letters, digits, `_` or `-`"
             ));
         }
+        let arg_ok = |a: &String| {
+            !a.is_empty()
+                && a.len() <= 128
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        };
+        if let Some(a) = self
+            .destinations
+            .iter()
+            .chain(&self.third_party_fields)
+            .find(|a| !arg_ok(a))
+        {
+            return Err(format!(
+                "`{name}`: `{a}` is not an argument or field name (letters, digits, `_`, `-`, `.`)"
+            ));
+        }
+        if self.destinations.len() > 32 || self.third_party_fields.len() > 64 {
+            return Err(format!(
+                "`{name}`: at most 32 destinations and 64 third_party_fields"
+            ));
+        }
         if let Some(e) = &self.egress {
             let host_ok = !e.is_empty()
                 && e.len() <= 253
@@ -102,12 +133,25 @@ struct RawCatalog {
     tools: BTreeMap<String, Labels>,
     #[serde(default)]
     resources: BTreeMap<String, Labels>,
+    #[serde(default)]
+    data_classes: BTreeMap<String, DataClass>,
 }
 
-/// Every catalogued tool and resource.
+/// What the catalog says of a data class.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataClass {
+    /// Targets that are a legitimate destination of this class (financial data to the payment
+    /// tool is not exfiltration).
+    #[serde(default)]
+    sinks: BTreeSet<String>,
+}
+
+/// Every catalogued tool and resource, and the data classes' legitimate sinks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Catalog {
     entries: BTreeMap<String, (TargetKind, Labels)>,
+    sinks: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Catalog {
@@ -132,7 +176,36 @@ impl Catalog {
         if entries.len() > MAX_ENTRIES {
             return Err(format!("more than {MAX_ENTRIES} catalog entries"));
         }
-        Ok(Catalog { entries })
+        let mut sinks = BTreeMap::new();
+        for (class, d) in raw.data_classes {
+            let ok = !class.is_empty()
+                && class.len() <= 64
+                && class
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            if !ok {
+                return Err(format!(
+                    "data class `{class}` must be lowercase letters, digits, `_` or `-`"
+                ));
+            }
+            for t in &d.sinks {
+                mandate_core::scope::check_target(t).map_err(|e| e.to_string())?;
+            }
+            sinks.insert(class, d.sinks);
+        }
+        Ok(Catalog { entries, sinks })
+    }
+
+    /// Of the data classes in `read`, those `target` is not a declared sink for.
+    pub fn unsinked<'a>(
+        &self,
+        target: &str,
+        read: impl IntoIterator<Item = &'a String>,
+    ) -> BTreeSet<String> {
+        read.into_iter()
+            .filter(|c| !self.sinks.get(*c).is_some_and(|s| s.contains(target)))
+            .cloned()
+            .collect()
     }
 
     /// The labels of `target`, if catalogued.

@@ -149,11 +149,13 @@ fn clamp(n: u64) -> i64 {
 pub fn flow_to_cedar(
     flow: &mut mandate_core::flow::Flow,
     target: &str,
+    unsinked: &std::collections::BTreeSet<String>,
     now: mandate_core::Timestamp,
 ) -> Result<RestrictedExpression, FactsError> {
     let last_minute = flow.attempts_last_minute(now);
     RestrictedExpression::new_record([
         ("data_read".to_string(), string_set(&flow.data_read)),
+        ("unsinked".to_string(), string_set(unsinked)),
         ("egress".to_string(), string_set(&flow.egress)),
         (
             "calls".to_string(),
@@ -186,6 +188,8 @@ pub fn provenance_to_cedar(
     RestrictedExpression::new_record([
         ("args".to_string(), string_set(&marks.args)),
         ("sources".to_string(), string_set(&marks.sources)),
+        ("destinations".to_string(), string_set(&marks.destinations)),
+        ("links".to_string(), string_set(&marks.links)),
     ])
     .map_err(|e| FactsError::Cedar(e.to_string()))
 }
@@ -230,11 +234,11 @@ pub fn args_to_cedar(
     .map_err(|e| FactsError::Cedar(e.to_string()))
 }
 
-fn string_set<'a>(items: impl IntoIterator<Item = &'a String>) -> RestrictedExpression {
+fn string_set(items: impl IntoIterator<Item = impl AsRef<str>>) -> RestrictedExpression {
     RestrictedExpression::new_set(
         items
             .into_iter()
-            .map(|s| RestrictedExpression::new_string(s.clone())),
+            .map(|s| RestrictedExpression::new_string(s.as_ref().to_string())),
     )
 }
 

@@ -144,6 +144,13 @@ struct Case {
     /// Arguments marked as carrying third-party values.
     #[serde(default)]
     third_party_args: Vec<String>,
+    /// Origins of the destination arguments' values (`request`, `trusted`, `third_party`,
+    /// `unknown`).
+    #[serde(default)]
+    destinations: Vec<String>,
+    /// Arguments marked as carrying third-party links.
+    #[serde(default)]
+    links: Vec<String>,
     expect: Outcome,
     #[serde(default)]
     policies: Option<Vec<String>>,
@@ -179,7 +186,7 @@ pub struct CaseResult {
     pub got: Verdict,
 }
 
-fn flow_record(f: &FlowCase) -> Result<RestrictedExpression, String> {
+fn flow_record(f: &FlowCase, unsinked: &[String]) -> Result<RestrictedExpression, String> {
     let set = |v: &Vec<String>| {
         RestrictedExpression::new_set(
             v.iter()
@@ -188,6 +195,7 @@ fn flow_record(f: &FlowCase) -> Result<RestrictedExpression, String> {
     };
     RestrictedExpression::new_record([
         ("data_read".to_string(), set(&f.data_read)),
+        ("unsinked".to_string(), set(&unsinked.to_vec())),
         ("egress".to_string(), set(&f.egress)),
         ("calls".to_string(), RestrictedExpression::new_long(f.calls)),
         (
@@ -215,6 +223,7 @@ fn run_case(
     index: &EntityIndex,
     agents: &[AgentFacts],
     c: &Case,
+    extra: Option<&crate::catalog::Catalog>,
 ) -> Result<Verdict, String> {
     let agent = agents
         .iter()
@@ -279,7 +288,7 @@ fn run_case(
             "outside the task's scope",
         ));
     }
-    if let Err(why) = scope.check_args(&resource.id, &c.args) {
+    if let Err(why) = scope.check_args(&resource.id, &c.args, &|_| false) {
         return Ok(Verdict::deny("mandate:task-arguments", why));
     }
     Ok(bundle.decide(
@@ -291,7 +300,16 @@ fn run_case(
             target: &resource.id,
             task,
             request,
-            flow: flow_record(&c.flow)?,
+            flow: flow_record(
+                &c.flow,
+                &Vec::from_iter({
+                    let mut u = bundle.catalog().unsinked(&resource.id, &c.flow.data_read);
+                    if let Some(x) = extra {
+                        u = x.unsinked(&resource.id, &u);
+                    }
+                    u
+                }),
+            )?,
             args: args_to_cedar(&c.args).map_err(|e| e.to_string())?,
             provenance: provenance_to_cedar(&mandate_core::provenance::Marks {
                 args: c.third_party_args.iter().cloned().collect(),
@@ -300,6 +318,8 @@ fn run_case(
                 } else {
                     ["test".to_string()].into()
                 },
+                destinations: c.destinations.iter().cloned().collect(),
+                links: c.links.iter().cloned().collect(),
             })
             .map_err(|e| e.to_string())?,
         },
@@ -348,16 +368,20 @@ pub fn run_tests(bundle: &PolicyBundle, tests_dir: &Path) -> Result<Vec<CaseResu
             })
             .collect::<Result<_, String>>()?;
         let mut targets = bundle.catalog().facts();
-        if let Some(extra) = &file.catalog {
-            let extra = crate::catalog::Catalog::parse(&extra.to_string())
-                .map_err(|e| format!("{name}: [catalog]: {e}"))?;
-            targets.retain(|t| extra.get(&t.id).is_none());
-            targets.extend(extra.facts());
-        }
+        let extra = match &file.catalog {
+            Some(extra) => {
+                let extra = crate::catalog::Catalog::parse(&extra.to_string())
+                    .map_err(|e| format!("{name}: [catalog]: {e}"))?;
+                targets.retain(|t| extra.get(&t.id).is_none());
+                targets.extend(extra.facts());
+                Some(extra)
+            }
+            None => None,
+        };
         let index = EntityIndex::build(bundle.schema(), &agents, &targets)
             .map_err(|e| format!("{name}: {e}"))?;
         for c in &file.cases {
-            let got = run_case(bundle, &index, &agents, c)
+            let got = run_case(bundle, &index, &agents, c, extra.as_ref())
                 .map_err(|e| format!("{name}: case `{}`: {e}", c.name))?;
             let policies_ok = c.policies.as_ref().is_none_or(|want| {
                 let mut want = want.clone();

@@ -84,7 +84,13 @@ fn decide_with(
             target,
             task: t.to_cedar().unwrap(),
             request: json_to_cedar(&serde_json::json!({}), "request").unwrap(),
-            flow: flow_to_cedar(flow, target, mandate_core::Timestamp(0)).unwrap(),
+            flow: flow_to_cedar(
+                flow,
+                target,
+                &b.catalog().unsinked(target, &flow.data_read.clone()),
+                mandate_core::Timestamp(0),
+            )
+            .unwrap(),
             args: args_to_cedar(args.as_object().unwrap()).unwrap(),
             provenance: mandate_policy::provenance_to_cedar(&Default::default()).unwrap(),
         },

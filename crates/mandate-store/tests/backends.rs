@@ -147,6 +147,7 @@ fn agent(id: &str, owner: &str) -> Agent {
         default_intent: Intent {
             text: "work".into(),
             class: "default".into(),
+            values: Vec::new(),
         },
         status: AgentStatus::Active,
         created_at: Timestamp(2),
