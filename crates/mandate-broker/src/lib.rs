@@ -20,6 +20,7 @@ mod error;
 mod governance;
 mod governance_report;
 mod oauth;
+pub mod plan;
 mod replication;
 mod report;
 mod secrets;

@@ -131,7 +131,11 @@ async fn verify(global: &Global, store: &Store) -> anyhow::Result<()> {
 }
 
 fn event_line(r: &AuditRecord, e: &AuditEvent) -> Vec<String> {
-    let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    let dash = |o: &Option<String>| {
+        o.as_deref()
+            .map(crate::output::safe)
+            .unwrap_or_else(|| "-".into())
+    };
     vec![
         r.seq.to_string(),
         e.time.rfc3339(),
@@ -277,7 +281,11 @@ fn print_node(t: &Task, children: &Children<'_>, steps: &Steps<'_>, depth: usize
             .unwrap_or_else(|| "-".into()),
         t.state
     );
-    println!("{pad}  intent: {} [{}]", t.intent.text, t.intent.class);
+    println!(
+        "{pad}  intent: {} [{}]",
+        crate::output::safe(&t.intent.text),
+        t.intent.class
+    );
     println!("{pad}  scope:  {}", t.scope);
     for (r, e) in steps.get(t.id.as_str()).into_iter().flatten() {
         let line = event_line(r, e);

@@ -572,6 +572,32 @@ pub enum TaskCmd {
         /// Task id.
         id: String,
     },
+    /// Propose a task for a request: the scope for the tools it needs, the prompt as its
+    /// intent, and the values the prompt names (addresses, URLs, accounts, ids), as the
+    /// `authorization_details` to open it with. Needs no broker: tools are looked up in the
+    /// policy directory's catalog (or `--catalog`).
+    Plan {
+        /// The tools (or catalogued resources) the request needs, comma-separated, as agents
+        /// name them (`mail.send_email,files.read`).
+        #[arg(long, value_delimiter = ',', required = true)]
+        tools: Vec<String>,
+        /// The request, as the agent's planner saw it; `-` reads it from standard input.
+        #[arg(long)]
+        prompt: String,
+        /// Intent class (default `default`).
+        #[arg(long)]
+        intent_class: Option<String>,
+        /// Lifetime in seconds (default: the broker's).
+        #[arg(long)]
+        ttl: Option<i64>,
+        /// Also pin each tool's destination arguments to the prompt's values: any other
+        /// destination is then denied outright.
+        #[arg(long)]
+        strict: bool,
+        /// Catalog file (default: `catalog.toml` in the policy directory).
+        #[arg(long, value_name = "FILE")]
+        catalog: Option<PathBuf>,
+    },
     /// Revoke an active task at once.
     Revoke {
         /// Task id.
@@ -583,8 +609,20 @@ pub enum TaskCmd {
 }
 
 pub async fn task(global: &Global, settings: &Settings, cmd: TaskCmd) -> anyhow::Result<()> {
+    if let TaskCmd::Plan {
+        tools,
+        prompt,
+        intent_class,
+        ttl,
+        strict,
+        catalog,
+    } = cmd
+    {
+        return plan_task(tools, prompt, intent_class, ttl, strict, catalog, settings);
+    }
     let c = admin(global, settings)?;
     match cmd {
+        TaskCmd::Plan { .. } => {}
         TaskCmd::List {
             agent,
             state,
@@ -641,6 +679,46 @@ pub async fn task(global: &Global, settings: &Settings, cmd: TaskCmd) -> anyhow:
             show_task(global, &v);
         }
     }
+    Ok(())
+}
+
+fn plan_task(
+    tools: Vec<String>,
+    prompt: String,
+    intent_class: Option<String>,
+    ttl: Option<i64>,
+    strict: bool,
+    catalog: Option<PathBuf>,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    use std::io::Read;
+    let prompt = if prompt == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .take(mandate_core::model::MAX_INTENT_TEXT as u64 + 1)
+            .read_to_string(&mut text)
+            .context("cannot read the prompt from standard input")?;
+        text
+    } else {
+        prompt
+    };
+    let path = catalog.unwrap_or_else(|| settings.policy_dir.join("catalog.toml"));
+    let catalog = match std::fs::read_to_string(&path) {
+        Ok(text) => mandate_policy::Catalog::parse(&text)
+            .map_err(|e| anyhow::anyhow!("`{}`: {e}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => mandate_policy::Catalog::default(),
+        Err(e) => bail!("cannot read `{}`: {e}", path.display()),
+    };
+    let req = mandate_broker::plan::PlanRequest {
+        tools,
+        prompt,
+        intent_class,
+        ttl,
+        strict,
+    };
+    let details = mandate_broker::plan::plan(&catalog, &req).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The plan is what an agent sends; it prints as JSON either way.
+    output::json(&details);
     Ok(())
 }
 

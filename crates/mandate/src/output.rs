@@ -11,10 +11,29 @@ pub fn json(v: &Value) {
     );
 }
 
-/// A string field of `v`, or `-`.
+/// Text as a terminal may show it: line breaks and tabs as `\n` and `\t`, control and
+/// invisible formatting characters as `\u{…}`, so a value from the network (an intent, a
+/// reason, a path) can neither break a table nor send escape sequences to the terminal.
+pub fn safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if mandate_core::model::unsafe_text_char(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A string field of `v` (rendered with [`safe`]), or `-`.
 pub fn field(v: &Value, key: &str) -> String {
     match v.get(key) {
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => safe(s),
         Some(Value::Null) | None => "-".into(),
         Some(other) => other.to_string(),
     }
@@ -55,4 +74,18 @@ pub fn pairs(items: &[(&str, String)]) {
 /// The member `key` of `v`, or `null`.
 pub fn at<'a>(v: &'a Value, key: &str) -> &'a Value {
     v.get(key).unwrap_or(&Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hostile_text_is_rendered_inert() {
+        assert_eq!(
+            super::safe("line one\nline two\tx"),
+            "line one\\nline two\\tx"
+        );
+        assert_eq!(super::safe("red\u{1b}[31m"), "red\\u{1b}[31m");
+        assert_eq!(super::safe("abc\u{202e}cba"), "abc\\u{202e}cba");
+        assert_eq!(super::safe("plain é"), "plain é");
+    }
 }
