@@ -168,7 +168,9 @@ pub fn route_target(data: &[u8]) {
     let reparsed = url::Url::parse(up.url.as_str()).expect("a built URL parses");
     assert_eq!(reparsed.path(), up.path);
     assert_eq!(reparsed.query(), up.query.as_deref());
-    if let Some(q) = &up.query {
+    // Re-encoding may lengthen a query past the limit for what agents send; below it, the
+    // built query reads back pair for pair.
+    if let Some(q) = up.query.as_deref().filter(|q| q.len() <= route::MAX_QUERY) {
         let back = route::parse_query(q).expect("a built query parses");
         assert_eq!(back, query);
     }
