@@ -14,6 +14,7 @@ mod migrate;
 mod model;
 mod postgres;
 mod sqlite;
+mod sqlite_writer;
 
 use std::path::Path;
 
