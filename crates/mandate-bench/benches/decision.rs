@@ -112,7 +112,7 @@ fn mandate_decide(f: &mut Fixture) -> bool {
             action: "read",
             target_kind: TargetKind::Resource,
             target: "cases",
-            task: f.task_expr.clone(),
+            task: &f.task_expr,
             request: json_to_cedar(&serde_json::Value::Object(Default::default()), "request")
                 .unwrap(),
             flow,

@@ -568,9 +568,7 @@ impl Broker {
         check_target(&input.target.id).map_err(|e| e.to_string())?;
         let request = json_to_cedar(&serde_json::Value::Object(input.context.clone()), "context")
             .map_err(|e| e.to_string())?;
-        let size = serde_json::to_vec(&input.arguments)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
+        let size = json_size(&input.arguments);
         if size > MAX_ARGUMENTS_BYTES {
             return Err(format!(
                 "arguments are larger than {MAX_ARGUMENTS_BYTES} bytes"
@@ -722,7 +720,7 @@ impl Broker {
                 action: &input.action,
                 target_kind: input.target.kind,
                 target: &input.target.id,
-                task: entry.facts.clone(),
+                task: &entry.facts,
                 request,
                 flow,
                 args: args.clone(),
@@ -807,6 +805,25 @@ pub(crate) fn record_allowed(
     let egress = labels.and_then(Labels::egress_destination);
     task.flow
         .record_allowed(target, target_classes, egress, now)
+}
+
+/// The length of `v` serialised as JSON, counted without building the text.
+fn json_size(v: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    match serde_json::to_writer(&mut c, v) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX,
+    }
 }
 
 pub(crate) fn target_label(t: &Target) -> String {

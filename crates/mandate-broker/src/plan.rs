@@ -61,7 +61,9 @@ pub fn plan(catalog: &Catalog, req: &PlanRequest) -> Result<Value, String> {
             Some((TargetKind::Resource, _)) => "read",
             _ => "call",
         };
-        let mut grant = json!({"identifier": tool, "actions": [action]});
+        let mut grant = serde_json::Map::new();
+        grant.insert("identifier".into(), json!(tool));
+        grant.insert("actions".into(), json!([action]));
         if req.strict
             && let Some((_, labels)) = entry
             && !labels.destinations.is_empty()
@@ -72,23 +74,25 @@ pub fn plan(catalog: &Catalog, req: &PlanRequest) -> Result<Value, String> {
                 .iter()
                 .map(|d| (d.clone(), json!({"in": named.spelled})))
                 .collect();
-            grant["arguments"] = Value::Object(pins);
+            grant.insert("arguments".into(), Value::Object(pins));
         }
-        access.push(grant);
+        access.push(Value::Object(grant));
     }
-    let mut details = json!({
-        "type": TASK_DETAILS_TYPE,
-        "intent": prompt,
-        "intent_class": req.intent_class.as_deref().unwrap_or("default"),
-        "access": access,
-    });
+    let mut details = serde_json::Map::new();
+    details.insert("type".into(), json!(TASK_DETAILS_TYPE));
+    details.insert("intent".into(), json!(prompt));
+    details.insert(
+        "intent_class".into(),
+        json!(req.intent_class.as_deref().unwrap_or("default")),
+    );
+    details.insert("access".into(), Value::Array(access));
     if !named.canon.is_empty() {
-        details["values"] = json!(named.canon);
+        details.insert("values".into(), json!(named.canon));
     }
     if let Some(ttl) = req.ttl {
-        details["ttl"] = json!(ttl);
+        details.insert("ttl".into(), json!(ttl));
     }
-    Ok(json!([details]))
+    Ok(Value::Array(vec![Value::Object(details)]))
 }
 
 struct Named {

@@ -176,8 +176,8 @@ impl Broker {
     /// The task an event names whose stored row this replica must read to apply it; `None`
     /// when the event changes no task or the change is already in memory (this replica's own).
     fn task_to_read(&self, e: &AuditEvent) -> Option<TaskId> {
-        // A call's own labels, and those its output added (gateway calls), are written with it.
-        let flow = ["flow_added", "output_added", "third_party_values"]
+        // A call's own labels, and what a report added to its provenance, are written with it.
+        let flow = ["flow_added", "third_party_values"]
             .iter()
             .any(|k| e.detail.get(k).is_some_and(|v| !v.is_null()));
         let relevant = match e.kind {

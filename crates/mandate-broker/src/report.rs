@@ -143,7 +143,7 @@ impl Broker {
         input: &ReportInput,
     ) -> Option<ReportOutcome> {
         let entry = self.inventory.task(task_id)?;
-        let (outcome, snapshot) = self.apply_report(task_id, &entry, input);
+        let (outcome, snapshot, _) = self.apply_report(task_id, &entry, input);
         if let Some(t) = snapshot {
             pending.push(Op::UpdateTask(t));
         }
@@ -159,7 +159,7 @@ impl Broker {
         task_id: &str,
         entry: &crate::state::TaskEntry,
         input: &ReportInput,
-    ) -> (ReportOutcome, Option<mandate_core::Task>) {
+    ) -> (ReportOutcome, Option<mandate_core::Task>, bool) {
         let bundle = self.policy.current();
         let labels = input
             .target
@@ -192,13 +192,16 @@ impl Broker {
             .as_deref()
             .map_or(0, |t| task.provenance.remember_trusted(t));
         let changed = !added.is_empty() || remembered > 0 || trusted > 0;
+        // Values only trusted outputs showed need not be on disk before the answer: losing them
+        // in a crash makes their destinations unknown, which fails closed.
+        let urgent = !added.is_empty() || remembered > 0;
         let outcome = ReportOutcome {
             task_id: task_id.to_string(),
             added,
             data_read: task.flow.data_read.iter().cloned().collect(),
             remembered,
         };
-        (outcome, changed.then(|| task.clone()))
+        (outcome, changed.then(|| task.clone()), urgent)
     }
 
     /// Records what part of a streamed response carried, after the call's decision was
@@ -214,25 +217,38 @@ impl Broker {
             .inventory
             .task(task_id)
             .ok_or_else(|| DecideError::InvalidToken(format!("task `{task_id}` is not known")))?;
-        let (outcome, snapshot) = self.apply_report(task_id, &entry, input);
+        let (outcome, snapshot, urgent) = self.apply_report(task_id, &entry, input);
         match snapshot {
             None => Ok(outcome),
+            Some(t) if !urgent => {
+                // Only trusted values were learnt: written behind the answer (see apply_report).
+                self.store
+                    .enqueue(vec![Op::UpdateTask(t)])
+                    .await
+                    .map_err(|e| DecideError::Unavailable(format!("the store is gone: {e}")))?;
+                Ok(outcome)
+            }
             Some(t) => self.commit_report(&entry, input, outcome, Some(t)).await,
         }
     }
 
-    /// Records that a streamed gateway response ended badly (cut at its size limit, or broken
-    /// off by the upstream) after its decision was recorded.
-    pub async fn record_stream_end(&self, task_id: &str, upstream: &str, bytes: usize, why: &str) {
-        let mut e = self.event(EventKind::GatewayStream);
+    /// Records what became of a forwarded gateway call of `task_id` when it was not a plain
+    /// success (see [`EventKind::GatewayResult`]), with `detail` (upstream, tool, outcome, …).
+    pub async fn record_gateway_result(
+        &self,
+        task_id: &str,
+        reason: Option<&str>,
+        detail: serde_json::Map<String, serde_json::Value>,
+    ) {
+        let mut e = self.event(EventKind::GatewayResult);
         if let Some(entry) = self.inventory.task(task_id) {
             let task = entry.read();
             e.agent = Some(task.agent.to_string());
             e.owner = task.owner.as_ref().map(ToString::to_string);
             e.task = Some(task.id.to_string());
         }
-        e.reason = Some(why.to_string());
-        e.detail = serde_json::json!({"upstream": upstream, "bytes": bytes, "outcome": "cut"});
+        e.reason = reason.map(str::to_string);
+        e.detail = serde_json::Value::Object(detail);
         self.audit_best_effort(e).await;
     }
 
@@ -242,7 +258,7 @@ impl Broker {
         entry: &std::sync::Arc<crate::state::TaskEntry>,
         input: &ReportInput,
     ) -> Result<ReportOutcome, DecideError> {
-        let (outcome, snapshot) = self.apply_report(task_id, entry, input);
+        let (outcome, snapshot, _) = self.apply_report(task_id, entry, input);
         self.commit_report(entry, input, outcome, snapshot).await
     }
 

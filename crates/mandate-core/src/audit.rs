@@ -71,8 +71,10 @@ pub enum EventKind {
     SecretDeleted,
     /// The gateway forwarded or refused one call to an upstream.
     GatewayCall,
-    /// A response the gateway was streaming ended badly: cut at its size limit, or broken off.
-    GatewayStream,
+    /// What became of a forwarded gateway call when it was not a plain success: the upstream
+    /// failed or timed out, its streamed answer was cut, or brokered secrets were scrubbed
+    /// from it. (The call's decision is its `gateway_call` event, recorded while it was sent.)
+    GatewayResult,
     /// An owner confirmed its agent is still needed.
     AgentConfirmed,
     /// An agent's owner must re-confirm it soon, or already had to.
@@ -111,7 +113,7 @@ impl EventKind {
             EventKind::SecretSet => "secret_set",
             EventKind::SecretDeleted => "secret_deleted",
             EventKind::GatewayCall => "gateway_call",
-            EventKind::GatewayStream => "gateway_stream",
+            EventKind::GatewayResult => "gateway_result",
             EventKind::AgentConfirmed => "agent_confirmed",
             EventKind::ConfirmationReminder => "confirmation_reminder",
             EventKind::KeyRotated => "key_rotated",

@@ -35,20 +35,6 @@ pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-/// What a call's output added to its task, for the call's audit record (a replica reads the
-/// task again when it sees these).
-pub(crate) fn output_detail(
-    detail: &mut serde_json::Map<String, serde_json::Value>,
-    noted: &mandate_broker::ReportOutcome,
-) {
-    if !noted.added.is_empty() {
-        detail.insert("output_added".into(), serde_json::json!(noted.added));
-    }
-    if noted.remembered > 0 {
-        detail.insert("third_party_values".into(), noted.remembered.into());
-    }
-}
-
 /// The gateway: upstreams, HTTP APIs and the sessions of connected agents.
 pub struct Gateway {
     broker: Arc<Broker>,

@@ -590,7 +590,7 @@ async fn call(
         approval_id,
         wait: gw.cfg.approval_wait_seconds,
     };
-    let (outcome, mut pending) = match gw.broker.decide_pending_checked(&input, task_id).await {
+    let (outcome, pending) = match gw.broker.decide_pending_checked(&input, task_id).await {
         Ok(v) => v,
         Err(e) => return Err(refusal(gw, e, dpop_scheme)),
     };
@@ -632,25 +632,31 @@ async fn call(
             })),
         ));
     }
+    // The decision is recorded while the upstream works: the answer waits for both, so an
+    // answered call is always on record, and the commit costs no latency of its own.
+    detail.insert("outcome".into(), "forwarded".into());
     let started = Instant::now();
-    let answer = aim
-        .upstream
-        .request(&gw.broker, method, aim.forward.clone())
-        .await;
+    let (committed, answer) = tokio::join!(
+        gw.broker
+            .commit_decision(pending, Some(EventKind::GatewayCall), Some(detail)),
+        aim.upstream
+            .request(&gw.broker, method, aim.forward.clone()),
+    );
     let elapsed = started.elapsed();
-    detail.insert(
+    metrics::histogram!("mandate_gateway_upstream_seconds", "upstream" => up.clone())
+        .record(elapsed.as_secs_f64());
+    committed.map_err(|e| refusal(gw, e, dpop_scheme))?;
+    let mut result_detail = Map::new();
+    result_detail.insert("upstream".into(), up.clone().into());
+    result_detail.insert("tool".into(), aim.tool.clone().into());
+    result_detail.insert(
         "latency_ms".into(),
         json!((elapsed.as_secs_f64() * 1000.0 * 10.0).round() / 10.0),
     );
-    metrics::histogram!("mandate_gateway_upstream_seconds", "upstream" => up.clone())
-        .record(elapsed.as_secs_f64());
     match answer {
         Ok(mut result) => {
             let secrets = injected(gw, &aim.upstream).await;
             let scrubbed = redact(&mut result, &secrets);
-            if scrubbed > 0 {
-                detail.insert("secrets_scrubbed".into(), json!(scrubbed));
-            }
             let text = text_of(&result);
             let classes: Vec<String> = classify(&text, &aim.upstream.config().classifiers)
                 .into_iter()
@@ -659,22 +665,23 @@ async fn call(
                 token: String::new(),
                 dpop: None,
                 target: Some(aim.target.clone()),
-                data_classes: classes.clone(),
-                output: Some(output_text(&result).unwrap_or_else(|| text.clone())),
+                data_classes: classes,
+                output: Some(output_text(&result).unwrap_or(text)),
                 third_party: false,
             };
-            if let Some(noted) = gw.broker.note_output(&mut pending, task_id, &report) {
-                crate::output_detail(&mut detail, &noted);
-            }
-            if !classes.is_empty() {
-                detail.insert("classified".into(), json!(classes));
-            }
-            detail.insert("outcome".into(), "forwarded".into());
-            metrics::counter!("mandate_gateway_calls_total", "upstream" => up.clone(), "outcome" => "forwarded").increment(1);
+            // What the output taught the task is on record before the agent sees it.
             gw.broker
-                .commit_decision(pending, Some(EventKind::GatewayCall), Some(detail))
+                .note_output_now(task_id, &report)
                 .await
                 .map_err(|e| refusal(gw, e, dpop_scheme))?;
+            if scrubbed > 0 {
+                result_detail.insert("outcome".into(), "scrubbed".into());
+                result_detail.insert("secrets_scrubbed".into(), json!(scrubbed));
+                gw.broker
+                    .record_gateway_result(task_id, None, result_detail)
+                    .await;
+            }
+            metrics::counter!("mandate_gateway_calls_total", "upstream" => up.clone(), "outcome" => "forwarded").increment(1);
             Ok(json!({"jsonrpc": "2.0", "id": id, "result": result}))
         }
         Err(e) => {
@@ -682,13 +689,11 @@ async fn call(
             let mut message = Value::String(e.to_string());
             redact(&mut message, &secrets);
             let message = message.as_str().unwrap_or("upstream failed").to_string();
-            detail.insert("outcome".into(), "upstream_error".into());
-            detail.insert("error".into(), message.clone().into());
-            metrics::counter!("mandate_gateway_calls_total", "upstream" => up.clone(), "outcome" => "upstream_error").increment(1);
+            result_detail.insert("outcome".into(), "upstream_error".into());
             gw.broker
-                .commit_decision(pending, Some(EventKind::GatewayCall), Some(detail))
-                .await
-                .map_err(|e| refusal(gw, e, dpop_scheme))?;
+                .record_gateway_result(task_id, Some(&message), result_detail)
+                .await;
+            metrics::counter!("mandate_gateway_calls_total", "upstream" => up.clone(), "outcome" => "upstream_error").increment(1);
             let (code, data) = match &e {
                 UpstreamError::Rpc { code, data, .. } => (*code, data.clone()),
                 _ => (codes::UPSTREAM, None),

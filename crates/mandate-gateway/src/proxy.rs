@@ -485,22 +485,18 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     if let Some(q) = &upstream.query {
         detail.insert("upstream_query".into(), q.clone().into());
     }
-    let call = Call {
-        gw: gw.clone(),
-        pending,
-        detail,
-        task_id: outcome.task_id.clone(),
-        target: Target {
-            kind: TargetKind::Resource,
-            id: resource,
-        },
-        classifiers: api.cfg.classifiers.clone(),
+    let target = Target {
+        kind: TargetKind::Resource,
+        id: resource,
     };
     if !outcome.allowed {
-        let mut call = call;
-        call.detail.insert("outcome".into(), "refused".into());
-        if let Err(r) = call.commit().await {
-            return r;
+        detail.insert("outcome".into(), "refused".into());
+        if let Err(e) = gw
+            .broker
+            .commit_decision(pending, Some(EventKind::GatewayCall), Some(detail))
+            .await
+        {
+            return unavailable(&e);
         }
         return error(
             StatusCode::FORBIDDEN,
@@ -513,51 +509,134 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             Some(json!({"policies": outcome.policies, "approval_id": outcome.approval_id})),
         );
     }
-    forward(call, api, method.clone(), &parts.headers, upstream, body).await
+    detail.insert("outcome".into(), "forwarded".into());
+    let call = Call {
+        gw: gw.clone(),
+        task_id: outcome.task_id.clone(),
+        target,
+        classifiers: api.cfg.classifiers.clone(),
+        result: Map::from_iter([("upstream".to_string(), Value::from(api_name))]),
+    };
+    // The decision is recorded while the upstream works; the answer waits for both.
+    let commit = gw
+        .broker
+        .commit_decision(pending, Some(EventKind::GatewayCall), Some(detail));
+    let exchange = send(&call, api, method.clone(), &parts.headers, upstream, body);
+    let (committed, sent) = tokio::join!(commit, exchange);
+    if let Err(e) = committed {
+        return unavailable(&e);
+    }
+    match sent {
+        Ok(first) => call.answer(api, first).await,
+        Err(msg) => call.fail(msg).await,
+    }
 }
 
-/// An allowed call in flight: what its audit record will say, and where output labels go.
+fn unavailable(e: &DecideError) -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        &e.to_string(),
+        None,
+    )
+}
+
+/// An allowed call whose decision is recorded: where its output's labels go, and what its
+/// result record will say when it is not a plain success.
 struct Call {
     gw: Arc<Gateway>,
-    pending: mandate_broker::PendingAudit,
-    detail: Map<String, Value>,
     task_id: String,
     target: Target,
     classifiers: Vec<Classifier>,
+    result: Map<String, Value>,
+}
+
+/// The upstream's answer as far as it was read before deciding whether to stream it.
+struct FirstPart {
+    resp: reqwest::Response,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    ended: bool,
+    secrets: Vec<mandate_crypto::SecretString>,
 }
 
 impl Call {
-    async fn commit(self) -> Result<(), Response> {
+    async fn fail(mut self, msg: String) -> Response {
+        self.result
+            .insert("outcome".into(), "upstream_error".into());
         self.gw
             .broker
-            .commit_decision(
-                self.pending,
-                Some(EventKind::GatewayCall),
-                Some(self.detail),
-            )
-            .await
-            .map_err(|e| {
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    &e.to_string(),
-                    None,
-                )
-            })
+            .record_gateway_result(&self.task_id, Some(&msg), self.result)
+            .await;
+        error(StatusCode::BAD_GATEWAY, "upstream_error", &msg, None)
     }
 
-    async fn fail(mut self, msg: String) -> Response {
-        self.detail
-            .insert("outcome".into(), "upstream_error".into());
-        self.detail.insert("error".into(), msg.clone().into());
-        if let Err(r) = self.commit().await {
+    /// Scrubs and scans what was read, records the labels it adds, and answers: whole, or
+    /// streaming the rest.
+    async fn answer(mut self, api: &Api, first: FirstPart) -> Response {
+        let FirstPart {
+            resp,
+            status,
+            headers,
+            body,
+            ended,
+            secrets,
+        } = first;
+        if body.len() > api.max_response {
+            return self
+                .fail(format!(
+                    "`{}` answered more than {} bytes",
+                    api.name(),
+                    api.max_response
+                ))
+                .await;
+        }
+        let mut scrubber = Scrubber::new(&secrets);
+        let mut scan = Scan::new();
+        let mut released = scrubber.push(&body);
+        if ended {
+            released.extend(scrubber.finish());
+        }
+        let report = scan.report(&released, &self.target, &self.classifiers);
+        if let Err(e) = self.gw.broker.note_output_now(&self.task_id, &report).await {
+            return unavailable(&e);
+        }
+        if ended {
+            if scrubber.replaced > 0 {
+                self.result.insert("outcome".into(), "scrubbed".into());
+                self.result
+                    .insert("secrets_scrubbed".into(), json!(scrubber.replaced));
+                self.gw
+                    .broker
+                    .record_gateway_result(&self.task_id, None, self.result)
+                    .await;
+            }
+            let mut r = (status, released).into_response();
+            r.headers_mut().extend(headers);
             return r;
         }
-        error(StatusCode::BAD_GATEWAY, "upstream_error", &msg, None)
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let stream = Stream {
+            call: self,
+            limit: api.max_response,
+            sent: body.len(),
+            scrubber,
+            scan,
+        };
+        tokio::spawn(stream.run(resp, released, tx));
+        let mut r = (
+            status,
+            Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+            .into_response();
+        r.headers_mut().extend(headers);
+        r
     }
 }
 
-/// What a response's text taught so far: classes found, third-party values remembered.
+/// What a response's text taught so far: the classes found, and the end of the text scanned
+/// last, scanned again with the next piece.
 struct Scan {
     classes: BTreeSet<String>,
     tail: String,
@@ -602,15 +681,17 @@ impl Scan {
     }
 }
 
-async fn forward(
-    mut call: Call,
+/// Sends the request upstream and reads its answer's head and, unless it is an event stream,
+/// up to [`BUFFER_LIMIT`] of its body.
+async fn send(
+    call: &Call,
     api: &Api,
     method: Method,
     headers: &HeaderMap,
     upstream: route::Upstream,
     body: Bytes,
-) -> Response {
-    let gw = call.gw.clone();
+) -> Result<FirstPart, String> {
+    let gw = &call.gw;
     let mut req = gw
         .http
         .request(method, upstream.url.clone())
@@ -621,42 +702,32 @@ async fn forward(
     }
     let mut secrets = Vec::new();
     for (k, t) in &api.cfg.headers {
-        match t.resolve(&gw.broker).await {
-            Ok(v) => {
-                req = req.header(k.as_str(), v.expose());
-                for name in t.secrets() {
-                    if let Ok(s) = gw.broker.secret_value(name).await {
-                        secrets.push(s);
-                    }
-                }
+        let v = t.resolve(&gw.broker).await?;
+        req = req.header(k.as_str(), v.expose());
+        for name in t.secrets() {
+            if let Ok(s) = gw.broker.secret_value(name).await {
+                secrets.push(s);
             }
-            Err(e) => return call.fail(e).await,
         }
     }
-    let api_name = api.name().to_string();
+    let api_name = api.name();
     let started = Instant::now();
-    let mut resp = match req.send().await {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = if e.is_timeout() {
-                format!("`{api_name}` did not answer in time")
-            } else {
-                format!("`{api_name}` is unreachable: {}", crate::root_cause(&e))
-            };
-            return call.fail(msg).await;
+    let mut resp = req.send().await.map_err(|e| {
+        if e.is_timeout() {
+            format!("`{api_name}` did not answer in time")
+        } else {
+            format!("`{api_name}` is unreachable: {}", crate::root_cause(&e))
         }
-    };
+    })?;
     let encoding = resp
         .headers()
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_ascii_lowercase());
     if encoding.as_deref().is_some_and(|e| e != "identity") {
-        return call
-            .fail(format!(
-                "`{api_name}` answered with a content-encoding the gateway cannot inspect"
-            ))
-            .await;
+        return Err(format!(
+            "`{api_name}` answered with a content-encoding the gateway cannot inspect"
+        ));
     }
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut out_headers = HeaderMap::new();
@@ -667,10 +738,10 @@ async fn forward(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.to_ascii_lowercase().starts_with("text/event-stream"));
-    // Read what can be read at once: a short response is judged whole, in one audit commit.
+    // Read what can be read at once: a short response is judged whole.
     let mut first = Vec::new();
     let mut ended = false;
-    while !streaming && first.len() < BUFFER_LIMIT {
+    while !streaming && first.len() < BUFFER_LIMIT && first.len() <= api.max_response {
         match resp.chunk().await {
             Ok(Some(c)) => first.extend_from_slice(&c),
             Ok(None) => {
@@ -678,111 +749,28 @@ async fn forward(
                 break;
             }
             Err(e) => {
-                return call
-                    .fail(format!(
-                        "`{api_name}` broke off its answer: {}",
-                        crate::root_cause(&e)
-                    ))
-                    .await;
+                return Err(format!(
+                    "`{api_name}` broke off its answer: {}",
+                    crate::root_cause(&e)
+                ));
             }
         }
     }
-    let elapsed = started.elapsed();
-    metrics::histogram!("mandate_gateway_upstream_seconds", "upstream" => api_name.clone())
-        .record(elapsed.as_secs_f64());
-    call.detail.insert(
-        "latency_ms".into(),
-        json!((elapsed.as_secs_f64() * 10_000.0).round() / 10.0),
-    );
-    call.detail.insert("outcome".into(), "forwarded".into());
-    call.detail.insert("status".into(), json!(status.as_u16()));
-    if first.len() > api.max_response {
-        return call
-            .fail(format!(
-                "`{api_name}` answered more than {} bytes",
-                api.max_response
-            ))
-            .await;
-    }
-    let mut scrubber = Scrubber::new(&secrets);
-    let mut scan = Scan::new();
-    let mut released = scrubber.push(&first);
-    if ended {
-        released.extend(scrubber.finish());
-    }
-    let report = scan.report(&released, &call.target, &call.classifiers);
-    if let Some(noted) = gw
-        .broker
-        .note_output(&mut call.pending, &call.task_id, &report)
-    {
-        crate::output_detail(&mut call.detail, &noted);
-    }
-    if !scan.classes.is_empty() {
-        call.detail.insert("classified".into(), json!(scan.classes));
-    }
-    if scrubber.replaced > 0 {
-        call.detail
-            .insert("secrets_scrubbed".into(), json!(scrubber.replaced));
-    }
-    if ended {
-        call.detail.insert("bytes".into(), json!(first.len()));
-        if let Err(r) = call.commit().await {
-            return r;
-        }
-        let mut r = (status, released).into_response();
-        r.headers_mut().extend(out_headers);
-        return r;
-    }
-    call.detail.insert("streamed".into(), json!(true));
-    let Call {
-        gw,
-        pending,
-        detail,
-        task_id,
-        target,
-        classifiers,
-    } = call;
-    if let Err(e) = gw
-        .broker
-        .commit_decision(pending, Some(EventKind::GatewayCall), Some(detail))
-        .await
-    {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            &e.to_string(),
-            None,
-        );
-    }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let stream = Stream {
-        gw,
-        task_id,
-        target,
-        classifiers,
-        api: api_name,
-        limit: api.max_response,
-        sent: first.len(),
-        scrubber,
-        scan,
-    };
-    tokio::spawn(stream.run(resp, released, tx));
-    let mut r = (
+    metrics::histogram!("mandate_gateway_upstream_seconds", "upstream" => api_name.to_string())
+        .record(started.elapsed().as_secs_f64());
+    Ok(FirstPart {
+        resp,
         status,
-        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
-    )
-        .into_response();
-    r.headers_mut().extend(out_headers);
-    r
+        headers: out_headers,
+        body: first,
+        ended,
+        secrets,
+    })
 }
 
-/// The rest of a streamed response, after the call's decision was recorded.
+/// The rest of a streamed response.
 struct Stream {
-    gw: Arc<Gateway>,
-    task_id: String,
-    target: Target,
-    classifiers: Vec<Classifier>,
-    api: String,
+    call: Call,
     limit: usize,
     sent: usize,
     scrubber: Scrubber,
@@ -799,6 +787,13 @@ impl Stream {
         if !first.is_empty() && tx.send(Ok(Bytes::from(first))).await.is_err() {
             return;
         }
+        let api = self
+            .call
+            .result
+            .get("upstream")
+            .and_then(Value::as_str)
+            .unwrap_or("upstream")
+            .to_string();
         let problem = loop {
             let chunk = match resp.chunk().await {
                 Ok(Some(c)) => c,
@@ -811,8 +806,7 @@ impl Stream {
                 }
                 Err(e) => {
                     break Some(format!(
-                        "`{}` broke off its answer: {}",
-                        self.api,
+                        "`{api}` broke off its answer: {}",
                         crate::root_cause(&e)
                     ));
                 }
@@ -820,8 +814,8 @@ impl Stream {
             self.sent += chunk.len();
             if self.sent > self.limit {
                 break Some(format!(
-                    "`{}` answered more than {} bytes; the response was cut there",
-                    self.api, self.limit
+                    "`{api}` answered more than {} bytes; the response was cut there",
+                    self.limit
                 ));
             }
             let out = self.scrubber.push(&chunk);
@@ -829,12 +823,30 @@ impl Stream {
                 break Some(p);
             }
         };
-        if let Some(p) = problem {
-            let _ = tx.send(Err(std::io::Error::other(p.clone()))).await;
-            self.gw
-                .broker
-                .record_stream_end(&self.task_id, &self.api, self.sent, &p)
-                .await;
+        let mut result = std::mem::take(&mut self.call.result);
+        result.insert("bytes".into(), json!(self.sent));
+        if self.scrubber.replaced > 0 {
+            result.insert("secrets_scrubbed".into(), json!(self.scrubber.replaced));
+        }
+        match problem {
+            Some(p) => {
+                let _ = tx.send(Err(std::io::Error::other(p.clone()))).await;
+                result.insert("outcome".into(), "cut".into());
+                self.call
+                    .gw
+                    .broker
+                    .record_gateway_result(&self.call.task_id, Some(&p), result)
+                    .await;
+            }
+            None if self.scrubber.replaced > 0 => {
+                result.insert("outcome".into(), "scrubbed".into());
+                self.call
+                    .gw
+                    .broker
+                    .record_gateway_result(&self.call.task_id, None, result)
+                    .await;
+            }
+            None => {}
         }
     }
 
@@ -847,10 +859,13 @@ impl Stream {
         if piece.is_empty() {
             return Ok(());
         }
-        let report = self.scan.report(&piece, &self.target, &self.classifiers);
-        self.gw
+        let report = self
+            .scan
+            .report(&piece, &self.call.target, &self.call.classifiers);
+        self.call
+            .gw
             .broker
-            .note_output_now(&self.task_id, &report)
+            .note_output_now(&self.call.task_id, &report)
             .await
             .map_err(|e| format!("the labels of the response could not be recorded: {e}"))?;
         tx.send(Ok(Bytes::from(piece)))

@@ -17,8 +17,8 @@ pub struct Query<'a> {
     pub target_kind: TargetKind,
     /// The target's name.
     pub target: &'a str,
-    /// `context.task`, from [`crate::TaskFacts::to_cedar`].
-    pub task: RestrictedExpression,
+    /// `context.task`, from [`crate::TaskFacts::to_cedar`] (cached per task by callers).
+    pub task: &'a RestrictedExpression,
     /// `context.request`: what the enforcement point reported ([`crate::json_to_cedar`]).
     pub request: RestrictedExpression,
     /// `context.flow`, from [`crate::flow_to_cedar`].
@@ -132,7 +132,7 @@ fn ids(list: &[String]) -> String {
 }
 
 impl PolicyBundle {
-    fn verdict(&self, response: &Response, asked: &str) -> Verdict {
+    fn verdict(&self, response: &Response, asked: &dyn Fn() -> String) -> Verdict {
         let diag = response.diagnostics();
         let failed: Vec<String> = diag
             .errors()
@@ -162,13 +162,21 @@ impl PolicyBundle {
         match response.decision() {
             Decision::Allow => Verdict {
                 outcome: Outcome::Allow,
-                reason: format!("allowed by policy {}", ids(&deciding)),
+                reason: match deciding.as_slice() {
+                    // The common case: one permit, whose reason string is built once per load.
+                    [one] => self
+                        .allow_reasons
+                        .get(one)
+                        .cloned()
+                        .unwrap_or_else(|| format!("allowed by policy `{one}`")),
+                    _ => format!("allowed by policy {}", ids(&deciding)),
+                },
                 policies: deciding,
             },
             Decision::Deny if deciding.is_empty() => Verdict {
                 outcome: Outcome::Deny,
                 policies: Vec::new(),
-                reason: format!("no policy permits {asked} (deny by default)"),
+                reason: format!("no policy permits {} (deny by default)", asked()),
             },
             Decision::Deny => {
                 let why = deciding
@@ -197,7 +205,7 @@ impl PolicyBundle {
             cedar_policy::EntityUid,
         ),
         context: Vec<(String, RestrictedExpression)>,
-        asked: &str,
+        asked: &dyn Fn() -> String,
     ) -> Verdict {
         let context = match Context::from_pairs(context) {
             Ok(c) => c,
@@ -215,15 +223,17 @@ impl PolicyBundle {
 
     /// Decides a runtime query.
     pub fn decide(&self, entities: &EntityIndex, q: &Query<'_>) -> Verdict {
-        let asked = format!(
-            "`{}` on {} `{}`",
-            q.action,
-            match q.target_kind {
-                TargetKind::Tool => "tool",
-                TargetKind::Resource => "resource",
-            },
-            q.target
-        );
+        let asked = || {
+            format!(
+                "`{}` on {} `{}`",
+                q.action,
+                match q.target_kind {
+                    TargetKind::Tool => "tool",
+                    TargetKind::Resource => "resource",
+                },
+                q.target
+            )
+        };
         if q.action == OPEN_TASK || q.action == "approve" || !self.declares_action(q.action) {
             return Verdict::deny(
                 "mandate:schema",
@@ -231,17 +241,19 @@ impl PolicyBundle {
             );
         }
         let names = &self.names;
-        let context = vec![
-            ("task".to_string(), q.task.clone()),
-            (
-                "asked".to_string(),
-                RestrictedExpression::new_string(format!("{}:{}", q.action, q.target)),
-            ),
-            ("request".to_string(), q.request.clone()),
-            ("flow".to_string(), q.flow.clone()),
-            ("args".to_string(), q.args.clone()),
-            ("provenance".to_string(), q.provenance.clone()),
-        ];
+        let context = || {
+            vec![
+                ("task".to_string(), q.task.clone()),
+                (
+                    "asked".to_string(),
+                    RestrictedExpression::new_string(format!("{}:{}", q.action, q.target)),
+                ),
+                ("request".to_string(), q.request.clone()),
+                ("flow".to_string(), q.flow.clone()),
+                ("args".to_string(), q.args.clone()),
+                ("provenance".to_string(), q.provenance.clone()),
+            ]
+        };
         let principal = Names::uid(&names.agent, q.agent);
         let action = Names::uid(&names.action, q.action);
         let resource = Names::uid(names.target(q.target_kind), q.target);
@@ -249,7 +261,7 @@ impl PolicyBundle {
             &self.policies,
             &entities.entities,
             (principal.clone(), action.clone(), resource.clone()),
-            context.clone(),
+            context(),
             &asked,
         );
         // A deny that rests only on approval gates becomes `needs_approval`, if the request
@@ -264,7 +276,7 @@ impl PolicyBundle {
             &self.ungated,
             &entities.entities,
             (principal, action, resource),
-            context,
+            context(),
             &asked,
         );
         if !ungated.allowed() {
@@ -317,7 +329,7 @@ impl PolicyBundle {
             &entities,
             (principal, Names::uid(&names.action, "approve"), resource),
             Vec::new(),
-            "deciding this approval request",
+            &|| "deciding this approval request".to_string(),
         )
     }
 
@@ -340,7 +352,7 @@ impl PolicyBundle {
                 ),
                 ("request".to_string(), q.request.clone()),
             ],
-            "opening this task",
+            &|| "opening this task".to_string(),
         )
     }
 }

@@ -108,6 +108,8 @@ pub struct PolicyBundle {
     pub(crate) actions: BTreeSet<String>,
     pub(crate) catalog: crate::catalog::Catalog,
     pub(crate) names: crate::facts::Names,
+    /// "allowed by policy `<id>`" for every policy, built once per load.
+    pub(crate) allow_reasons: HashMap<String, String>,
     digest: String,
     source: String,
 }
@@ -421,7 +423,12 @@ impl PolicyBundle {
             .collect();
         let names =
             crate::facts::Names::new().map_err(|e| LoadError::one(source, e.to_string()))?;
+        let allow_reasons = meta
+            .keys()
+            .map(|id| (id.clone(), format!("allowed by policy `{id}`")))
+            .collect();
         Ok(PolicyBundle {
+            allow_reasons,
             names,
             catalog,
             ungated,

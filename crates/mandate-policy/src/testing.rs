@@ -298,7 +298,7 @@ fn run_case(
             action,
             target_kind: resource.kind,
             target: &resource.id,
-            task,
+            task: &task,
             request,
             flow: flow_record(
                 &c.flow,

@@ -82,7 +82,7 @@ fn decide_with(
             action,
             target_kind: TargetKind::Resource,
             target,
-            task: t.to_cedar().unwrap(),
+            task: &t.to_cedar().unwrap(),
             request: json_to_cedar(&serde_json::json!({}), "request").unwrap(),
             flow: flow_to_cedar(
                 flow,

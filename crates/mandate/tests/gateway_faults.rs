@@ -181,7 +181,7 @@ async fn crashing_hanging_and_garbage_upstreams_get_clear_errors() {
         "garbage not counted"
     );
     let errors: Vec<Value> = b
-        .audit_kind("gateway_call")
+        .audit_kind("gateway_result")
         .into_iter()
         .filter(|e| e["detail"]["outcome"] == "upstream_error")
         .collect();
@@ -339,8 +339,10 @@ resource = "repo:{{owner}}/{{repo}}"
         .filter(|e| e["detail"]["outcome"] == "forwarded")
         .collect();
     assert_eq!(forwarded.len(), 2);
-    assert_eq!(forwarded[0]["detail"]["classified"], json!(["pii"]));
-    assert_eq!(forwarded[0]["detail"]["status"], 200);
+    assert_eq!(forwarded[0]["detail"]["upstream_path"], "/repos/acme/web");
+    let reported = b.audit_kind("flow_reported");
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(reported[0]["detail"]["reported"], json!(["pii"]));
     let audit: String = b.audit().iter().map(Value::to_string).collect();
     assert!(!audit.contains("token-value"), "a secret reached the audit");
     assert_eq!(b.audit_kind("secret_set").len(), 2);

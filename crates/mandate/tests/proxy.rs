@@ -646,7 +646,16 @@ async fn large_responses_stream_scrubbed_and_labelled() {
     // The decision was recorded before the stream; the e-mail found near its end labelled the
     // task (committed before that part was released).
     let calls = s.b.audit_kind("gateway_call");
-    assert_eq!(calls.last().unwrap()["detail"]["streamed"], true);
+    assert_eq!(
+        calls.last().unwrap()["detail"]["upstream_path"],
+        "/base/files/big"
+    );
+    let results = s.b.audit_kind("gateway_result");
+    assert_eq!(
+        results.last().unwrap()["detail"]["outcome"],
+        "scrubbed",
+        "{results:?}"
+    );
     let reports = s.b.audit_kind("flow_reported");
     assert!(
         reports
@@ -673,7 +682,7 @@ async fn responses_past_the_limit_are_cut_and_recorded() {
     assert!(r.bytes().await.is_err());
     let mut cut = Vec::new();
     for _ in 0..50 {
-        cut = s.b.audit_kind("gateway_stream");
+        cut = s.b.audit_kind("gateway_result");
         if !cut.is_empty() {
             break;
         }
