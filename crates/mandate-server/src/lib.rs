@@ -260,7 +260,15 @@ async fn decide(State(s): State<AppState>, headers: HeaderMap, body: body::Limit
         approval_id: parsed.approval_id,
         wait: parsed.wait,
     };
+    // An enforcement point that acts on the status alone (nginx `auth_request`, forward-auth
+    // proxies) asks for it with `Mandate-Enforce: status`: anything but an allow is 403.
+    let enforce = headers
+        .get("mandate-enforce")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"status"));
     match s.broker.decide(&input).await {
+        Ok(outcome) if enforce && !outcome.allowed => {
+            (StatusCode::FORBIDDEN, axum::Json(outcome)).into_response()
+        }
         Ok(outcome) => axum::Json(outcome).into_response(),
         Err(e) => errors::decide_error(e),
     }

@@ -434,3 +434,28 @@ async fn high_tier_credentials_bind_to_a_registered_key() {
     let (s, v) = b.decide_dpop(token, &stranger, "read", "tickets").await;
     assert_eq!((s, v["decision"].as_str()), (200, Some("allow")), "{v}");
 }
+
+#[tokio::test]
+async fn enforcement_points_can_ask_for_the_decision_as_a_status() {
+    let (b, _d) = broker("").await;
+    let key = b.add_agent("bot", "ops", "low", "read:tickets read:secrets").await;
+    let (_, t) = b.open_scope(&key, "bot", "read:tickets").await;
+    let token = t["access_token"].as_str().unwrap();
+    let ask = async |target: &str, enforce: bool| {
+        let mut r = b
+            .http
+            .post(format!("{}/v1/decide", b.url))
+            .bearer_auth(token)
+            .json(&json!({"action": "read", "resource": {"type": "resource", "id": target}}));
+        if enforce {
+            r = r.header("Mandate-Enforce", "status");
+        }
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(ask("tickets", true).await.0, 200);
+    let (s, v) = ask("secrets", true).await;
+    assert_eq!((s, v["decision"].as_str()), (403, Some("deny")), "{v}");
+    // Without the header a deny is an answer like any other.
+    assert_eq!(ask("secrets", false).await.0, 200);
+}

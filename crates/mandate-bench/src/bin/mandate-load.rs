@@ -42,6 +42,10 @@ enum Scenario {
     HttpDirect,
     /// `GET /http/api/items/1` through the gateway's reverse proxy (an API named `api`).
     HttpGateway,
+    /// `GET --target` with the task's credential: the same API behind another enforcement
+    /// point (nginx with `auth_request` to this broker's `/v1/decide`, see
+    /// `scripts/bench-gateway`).
+    HttpPeer,
     /// Revocation propagation across replicas (`--replicas 2` or more on `--store`): opens a
     /// task on one replica, completes it on another, and times until a third (or the first)
     /// refuses it; `--rounds` times.
@@ -89,6 +93,11 @@ struct Args {
     /// else: the fast upstream of the HTTP gateway benchmark.
     #[arg(long)]
     serve_api: Option<u16>,
+    /// Serve a minimal MCP server over Streamable HTTP on this port (`POST /mcp`: initialize,
+    /// tools/list, tools/call `get-sum`, answered at once as JSON) until interrupted: the fast
+    /// upstream of the MCP gateway benchmark.
+    #[arg(long)]
+    serve_mcp: Option<u16>,
     /// Only register the agent and open a task on the targeted broker, print its credential, and
     /// exit (for driving the load with another tool, e.g. wrk).
     #[arg(long, requires = "url")]
@@ -254,6 +263,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(port) = args.serve_api {
         return serve_api(port).await;
     }
+    if let Some(port) = args.serve_mcp {
+        return serve_mcp(port).await;
+    }
     if matches!(args.scenario, Scenario::McpDirect | Scenario::HttpDirect) {
         return direct(&args).await;
     }
@@ -345,6 +357,7 @@ async fn main() -> anyhow::Result<()> {
         let (token, key, agent_id) = (token.clone(), key.clone(), agent_id.clone());
         let (stop, measuring, totals) = (stop.clone(), measuring.clone(), totals.clone());
         let scenario = args.scenario;
+        let peer_target = args.target.clone().unwrap_or_default();
         workers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
             let decide_body =
@@ -414,6 +427,13 @@ async fn main() -> anyhow::Result<()> {
                     Scenario::HttpGateway => {
                         client
                             .get(format!("{url}/http/api/items/1"))
+                            .bearer_auth(&token)
+                            .send()
+                            .await
+                    }
+                    Scenario::HttpPeer => {
+                        client
+                            .get(peer_target.as_str())
                             .bearer_auth(&token)
                             .send()
                             .await
@@ -492,6 +512,44 @@ async fn serve_api(port: u16) -> anyhow::Result<()> {
             },
         ),
     );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// A minimal MCP server over Streamable HTTP: every answer is a JSON body at once, so what the
+/// gateway adds is not hidden by the upstream.
+async fn serve_mcp(port: u16) -> anyhow::Result<()> {
+    async fn handle(body: axum::body::Bytes) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
+            return axum::http::StatusCode::BAD_REQUEST.into_response();
+        };
+        let Some(id) = msg.get("id").cloned() else {
+            return axum::http::StatusCode::ACCEPTED.into_response();
+        };
+        let result = match msg.get("method").and_then(Value::as_str) {
+            Some("initialize") => json!({
+                "protocolVersion": msg.pointer("/params/protocolVersion").cloned().unwrap_or(json!("2025-06-18")),
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "bench-mcp", "version": "0"}}),
+            Some("tools/list") => json!({"tools": [{"name": "get-sum",
+                "description": "Adds two numbers.",
+                "inputSchema": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}]}),
+            Some("tools/call") => {
+                let n = |k: &str| msg.pointer(&format!("/params/arguments/{k}")).and_then(Value::as_f64).unwrap_or(0.0);
+                json!({"content": [{"type": "text", "text": format!("The sum of {} and {} is {}.", n("a"), n("b"), n("a") + n("b"))}]})
+            }
+            _ => json!({}),
+        };
+        let mut r = axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response();
+        r.headers_mut().insert(
+            "mcp-session-id",
+            axum::http::HeaderValue::from_static("bench-session"),
+        );
+        r
+    }
+    let app = axum::Router::new().route("/mcp", axum::routing::post(handle));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     axum::serve(listener, app).await?;
     Ok(())
