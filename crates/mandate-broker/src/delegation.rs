@@ -337,11 +337,7 @@ impl Broker {
                 short(t)
             )));
         }
-        if let Some(t) = x
-            .targets
-            .iter()
-            .find(|t| **t != self.cfg.audience && **t != self.cfg.issuer)
-        {
+        if let Some(t) = x.targets.iter().find(|t| !self.is_own_resource(t)) {
             return Err(OAuthError::InvalidTarget(format!(
                 "`{}` is not a resource or audience of this service; task credentials are for `{}`",
                 short(t),

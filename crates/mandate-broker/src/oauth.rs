@@ -223,6 +223,19 @@ impl Broker {
         })
     }
 
+    /// Whether `target` (an RFC 8707 `resource` or an RFC 8693 `audience`) names this service:
+    /// its issuer or audience, or a resource it serves (the gateway's `/mcp`, `/http/<api>/…`).
+    pub(crate) fn is_own_resource(&self, target: &str) -> bool {
+        let t = target.trim_end_matches('/');
+        let issuer = self.cfg.issuer.as_str();
+        t == self.cfg.audience.trim_end_matches('/')
+            || t == issuer
+            || t == format!("{issuer}/mcp")
+            || t.strip_prefix(issuer)
+                .and_then(|rest| rest.strip_prefix("/http/"))
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(['?', '#']))
+    }
+
     /// Whether a credential of `agent` may be bound to the key with thumbprint `jkt`: for the
     /// tiers configured so (`dpop_registered_key`), an agent with registered keys binds only to
     /// one of them, so a credential is tied to the key its owner registered rather than to any
@@ -272,6 +285,22 @@ impl Broker {
             }
         }
         let Authenticated { agent, mut once } = self.authenticate_agent(&req.auth).await?;
+        // RFC 8707: a client may name the protected resource it wants the credential for (an
+        // MCP client names the gateway's `/mcp`); it must be this service.
+        if let Some(t) = req
+            .exchange
+            .targets
+            .iter()
+            .find(|t| !self.is_own_resource(t))
+        {
+            let e = OAuthError::InvalidTarget(format!(
+                "`{}` is not a resource of this service; task credentials are for `{}` and the resources below it",
+                t.chars().take(200).collect::<String>(),
+                self.cfg.audience
+            ));
+            self.spend(&agent, &once, &e.to_string()).await?;
+            return Err(e);
+        }
         let mut ask = match self.parse_ask(req, &agent) {
             Ok(a) => a,
             Err(e) => {

@@ -11,6 +11,7 @@
 mod classify;
 pub mod config;
 mod mcp;
+pub mod mcp_headers;
 mod proxy;
 pub mod route;
 mod scrub;

@@ -113,6 +113,8 @@ async fn resource_metadata(State(gw): State<Arc<Gateway>>) -> Response {
         "scopes_supported": scopes,
         "resource_name": "Mandate MCP gateway",
         "dpop_signing_alg_values_supported": ["EdDSA", "ES256", "RS256"],
+        "dpop_bound_access_tokens_required": false,
+        "authorization_details_types_supported": [mandate_broker::TASK_DETAILS_TYPE],
     }))
     .into_response()
 }
@@ -124,10 +126,26 @@ async fn no_stream() -> Response {
     r
 }
 
+/// Ends a session: only the agent that opened it may, with a live credential.
 async fn end_session(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    match headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
-        Some(id) if gw.sessions.close(id) => StatusCode::NO_CONTENT.into_response(),
-        _ => StatusCode::NOT_FOUND.into_response(),
+    let (token, dpop, dpop_scheme) = match credential(&gw, &headers, "DELETE") {
+        Ok(Some(c)) => c,
+        Ok(None) => return unauthorized(&gw, "a task credential is required", false),
+        Err(m) => return unauthorized(&gw, &m, true),
+    };
+    let view = match gw.broker.task_view(&token, dpop.as_ref()).await {
+        Ok(v) => v,
+        Err(e) => return refusal(&gw, e, dpop_scheme),
+    };
+    let Some(id) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match gw.sessions.agent(id) {
+        Some(agent) if agent == view.agent && gw.sessions.close(id) => {
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Some(_) => StatusCode::FORBIDDEN.into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
@@ -162,10 +180,11 @@ fn unauthorized(gw: &Gateway, msg: &str, dpop: bool) -> Response {
 }
 
 /// The credential of an MCP request (one `Authorization` header), with its DPoP proof for
-/// `POST {issuer}/mcp` (at most one `DPoP` header, RFC 9449 section 4.3).
+/// `<method> {issuer}/mcp` (at most one `DPoP` header, RFC 9449 section 4.3).
 fn credential(
     gw: &Gateway,
     headers: &HeaderMap,
+    method: &str,
 ) -> Result<Option<(String, Option<DpopInput>, bool)>, String> {
     let mut all = headers.get_all(header::AUTHORIZATION).iter();
     let Some(v) = all.next().and_then(|v| v.to_str().ok()) else {
@@ -187,7 +206,7 @@ fn credential(
     .map_err(|e| e.to_string())?
     .map(|p| DpopInput {
         proof: p.to_string(),
-        method: "POST".into(),
+        method: method.into(),
         url: format!("{}/mcp", gw.broker.config().issuer),
     });
     Ok(Some((token.trim().to_string(), proof, dpop_scheme)))
@@ -233,7 +252,7 @@ async fn handle(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes)
         )
             .into_response();
     }
-    let (token, dpop, dpop_scheme) = match credential(&gw, &headers) {
+    let (token, dpop, dpop_scheme) = match credential(&gw, &headers, "POST") {
         Ok(Some(c)) => c,
         Ok(None) => {
             return unauthorized(
@@ -268,6 +287,19 @@ async fn handle(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes)
                 &Value::Null,
                 -32600,
                 "send one JSON-RPC message per request",
+                None,
+            )),
+        )
+            .into_response();
+    }
+    let tool_schema = tool_schema(&gw, &msg);
+    if let Err(m) = crate::mcp_headers::check(&headers, &msg, tool_schema.as_ref()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            reply(rpc_error(
+                &msg.get("id").cloned().unwrap_or(Value::Null),
+                -32600,
+                &m,
                 None,
             )),
         )
@@ -411,6 +443,22 @@ async fn handle(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes)
             None,
         )),
     }
+}
+
+/// The input schema of the tool a `tools/call` names, as its upstream lists it.
+fn tool_schema(gw: &Gateway, msg: &Value) -> Option<Value> {
+    if msg.get("method").and_then(Value::as_str) != Some("tools/call") {
+        return None;
+    }
+    let full = msg.pointer("/params/name").and_then(Value::as_str)?;
+    let (up, name) = full.split_once('.')?;
+    gw.upstreams
+        .get(up)?
+        .offer()
+        .tools
+        .into_iter()
+        .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
+        .and_then(|t| t.get("inputSchema").cloned())
 }
 
 fn refusal(gw: &Gateway, e: DecideError, dpop_scheme: bool) -> Response {

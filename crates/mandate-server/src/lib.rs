@@ -52,6 +52,14 @@ fn metrics_handle() -> Option<PrometheusHandle> {
 
 /// The whole HTTP application.
 pub fn router(broker: Arc<Broker>) -> Router {
+    // A decision may wait for a person up to `approvals.max_wait_seconds`: the request timeout
+    // leaves room for that.
+    let timeout = Duration::from_secs(
+        u64::try_from(broker.config().approval_max_wait)
+            .unwrap_or(0)
+            .saturating_add(10)
+            .max(30),
+    );
     let state = AppState {
         broker,
         metrics: metrics_handle(),
@@ -84,7 +92,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
+            timeout,
         ))
         .with_state(state)
 }

@@ -438,7 +438,9 @@ async fn high_tier_credentials_bind_to_a_registered_key() {
 #[tokio::test]
 async fn enforcement_points_can_ask_for_the_decision_as_a_status() {
     let (b, _d) = broker("").await;
-    let key = b.add_agent("bot", "ops", "low", "read:tickets read:secrets").await;
+    let key = b
+        .add_agent("bot", "ops", "low", "read:tickets read:secrets")
+        .await;
     let (_, t) = b.open_scope(&key, "bot", "read:tickets").await;
     let token = t["access_token"].as_str().unwrap();
     let ask = async |target: &str, enforce: bool| {
@@ -458,4 +460,130 @@ async fn enforcement_points_can_ask_for_the_decision_as_a_status() {
     assert_eq!((s, v["decision"].as_str()), (403, Some("deny")), "{v}");
     // Without the header a deny is an answer like any other.
     assert_eq!(ask("secrets", false).await.0, 200);
+}
+
+#[tokio::test]
+async fn resource_indicators_must_name_this_service() {
+    let (b, _d) = broker("").await;
+    let key = b.add_agent("bot", "ops", "low", "read:tickets").await;
+    let ask = async |resource: &str| {
+        let assertion = b.assertion(&key, "bot");
+        b.token_form(
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", &assertion),
+                ("scope", "read:tickets"),
+                ("resource", resource),
+            ],
+            None,
+        )
+        .await
+    };
+    // RFC 8707: the gateway's MCP endpoint, as an MCP client names it.
+    let (s, v) = ask(&format!("{}/mcp", b.url)).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = ask("https://elsewhere.example/mcp").await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("invalid_target")),
+        "{v}"
+    );
+    let meta: Value = b
+        .http
+        .get(format!(
+            "{}/.well-known/oauth-protected-resource/mcp",
+            b.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["resource"], format!("{}/mcp", b.url));
+    assert_eq!(
+        meta["authorization_details_types_supported"],
+        json!(["mandate_task"])
+    );
+}
+
+#[tokio::test]
+async fn mcp_standard_headers_must_match_the_body() {
+    let (b, _d) = broker("").await;
+    let key = b.add_agent("bot", "ops", "low", "read:tickets").await;
+    let (_, t) = b.open_scope(&key, "bot", "read:tickets").await;
+    let token = t["access_token"].as_str().unwrap();
+    let post = async |headers: &[(&str, &str)], body: Value| {
+        let mut r = b
+            .http
+            .post(format!("{}/mcp", b.url))
+            .bearer_auth(token)
+            .json(&body);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let r = r.send().await.unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    };
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    assert_eq!(post(&[("mcp-method", "ping")], ping.clone()).await.0, 200);
+    let (s, v) = post(&[("mcp-method", "tools/list")], ping.clone()).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Mcp-Method"),
+        "{v}"
+    );
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "x.read", "arguments": {}}});
+    let (s, v) = post(
+        &[
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "x.delete_everything"),
+        ],
+        call,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    // From 2026-07-28 on they are required.
+    let (s, _) = post(&[("mcp-protocol-version", "2026-07-28")], ping).await;
+    assert_eq!(s, 400);
+}
+
+#[tokio::test]
+async fn only_the_agent_that_opened_an_mcp_session_may_end_it() {
+    let (b, _d) = broker("").await;
+    let key = b.add_agent("bot", "ops", "low", "read:tickets").await;
+    let other = b.add_agent("other", "ops", "low", "read:tickets").await;
+    let (_, t) = b.open_scope(&key, "bot", "read:tickets").await;
+    let (_, o) = b.open_scope(&other, "other", "read:tickets").await;
+    let r = b
+        .http
+        .post(format!("{}/mcp", b.url))
+        .bearer_auth(t["access_token"].as_str().unwrap())
+        .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
+        .send()
+        .await
+        .unwrap();
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let delete = async |token: Option<&str>| {
+        let mut r = b
+            .http
+            .delete(format!("{}/mcp", b.url))
+            .header("mcp-session-id", &sid);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(delete(None).await, 401);
+    assert_eq!(delete(o["access_token"].as_str()).await, 403);
+    assert_eq!(delete(t["access_token"].as_str()).await, 204);
 }

@@ -293,9 +293,14 @@ def test_mcp_endpoint(server, register):
     assert rpc(INIT, None, Origin="https://evil.example").status_code == 403
     g = httpx2.get(url, headers={**ACCEPT, **a.h(t, "GET", "/mcp")})
     assert g.status_code == 405 and g.headers["allow"] == "POST, DELETE"
-    # DELETE ends the session, with or without a credential (section 14).
-    assert httpx2.delete(url, headers={"Mcp-Session-Id": sid}).status_code == 204
-    assert httpx2.delete(url, headers={"Mcp-Session-Id": sid}).status_code == 404
+    # DELETE ends the session: only the agent that opened it, with its credential.
+    assert httpx2.delete(url, headers={"Mcp-Session-Id": sid}).status_code == 401
+    bh = {"Mcp-Session-Id": sid, **b.h(bt, "DELETE", "/mcp")}
+    assert httpx2.delete(url, headers=bh).status_code == 403
+    mine = {"Mcp-Session-Id": sid, **a.h(t, "DELETE", "/mcp")}
+    assert httpx2.delete(url, headers=mine).status_code == 204
+    mine = {"Mcp-Session-Id": sid, **a.h(t, "DELETE", "/mcp")}
+    assert httpx2.delete(url, headers=mine).status_code == 404
     assert httpx2.post(server.url + "/oauth/revoke", data=a.auth(token=t)).status_code == 200
     r = rpc({"jsonrpc": "2.0", "id": 9, "method": "tools/list"})
     assert r.status_code == 401 and "resource_metadata=" in r.headers["www-authenticate"]

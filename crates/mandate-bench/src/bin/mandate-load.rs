@@ -537,12 +537,17 @@ async fn serve_mcp(port: u16) -> anyhow::Result<()> {
                 "description": "Adds two numbers.",
                 "inputSchema": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}]}),
             Some("tools/call") => {
-                let n = |k: &str| msg.pointer(&format!("/params/arguments/{k}")).and_then(Value::as_f64).unwrap_or(0.0);
+                let n = |k: &str| {
+                    msg.pointer(&format!("/params/arguments/{k}"))
+                        .and_then(Value::as_f64)
+                        .unwrap_or(0.0)
+                };
                 json!({"content": [{"type": "text", "text": format!("The sum of {} and {} is {}.", n("a"), n("b"), n("a") + n("b"))}]})
             }
             _ => json!({}),
         };
-        let mut r = axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response();
+        let mut r =
+            axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response();
         r.headers_mut().insert(
             "mcp-session-id",
             axum::http::HeaderValue::from_static("bench-session"),

@@ -69,6 +69,19 @@ impl Http {
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
             .body(msg.to_string());
+        // The standard headers mirror the body (SEP-2243), so what the upstream routes on is
+        // what it executes. Names are the upstream's own (the gateway's prefix removed).
+        if let Some(m) = msg.get("method").and_then(Value::as_str) {
+            req = req.header("mcp-method", m);
+        }
+        if let Some(n) = msg
+            .get("params")
+            .and_then(|p| p.get("name").or_else(|| p.get("uri")))
+            .and_then(Value::as_str)
+            .filter(|n| n.bytes().all(|b| (0x20..0x7f).contains(&b)) && n.trim() == *n)
+        {
+            req = req.header("mcp-name", n);
+        }
         for (k, t) in &self.headers {
             let v = t
                 .resolve(broker)
