@@ -18,10 +18,17 @@ from conftest import SDK
 EXAMPLES = ["quickstart.py", "pydantic_ai_agent.py", "mcp_gateway.py"]
 
 
-def readme_blocks() -> dict[str, str]:
-    text = (SDK / "README.md").read_text()
-    pattern = r"<!-- begin (examples/[\w.]+) -->\n```python\n(.*?)```\n<!-- end \1 -->"
+def readme_blocks(readme: Path = SDK / "README.md", prefix: str = "") -> dict[str, str]:
+    text = readme.read_text()
+    pattern = rf"<!-- begin {re.escape(prefix)}(examples/[\w.]+) -->\n```python\n(.*?)```\n<!-- end {re.escape(prefix)}\1 -->"
     return {name: body for name, body in re.findall(pattern, text, flags=re.DOTALL)}
+
+
+def test_the_main_readme_shows_the_same_agents():
+    blocks = readme_blocks(SDK.parent.parent / "README.md", "sdk/python/")
+    assert sorted(blocks) == ["examples/pydantic_ai_agent.py", "examples/quickstart.py"]
+    for name, body in blocks.items():
+        assert body == (SDK / name).read_text(), f"README block {name} differs from the file"
 
 
 def test_readme_includes_the_examples_verbatim():
