@@ -435,7 +435,9 @@ impl Broker {
         // be judged on the labels from before either of them.
         let mut step = {
             let mut task = entry.write();
-            let verdict = self.judge(&mut task, &entry, &bundle, input, &args, request, now);
+            let verdict = self.judge(
+                &mut task, &entry, &bundle, input, &args, request, now, false,
+            );
             self.apply(&mut task, &input.target.id, verdict, labels, tier, now)
         };
         if step.verdict.outcome == Outcome::NeedsApproval {
@@ -636,12 +638,13 @@ impl Broker {
         }
     }
 
-    /// Judges a call against the task's scope, its argument rules and the policies.
+    /// Judges a call against the task's scope, its argument rules (unless `probe`) and the
+    /// policies. Changes nothing but the task's rate window.
     #[allow(
         clippy::too_many_arguments,
         reason = "one call site; the parts are all different"
     )]
-    fn judge(
+    pub(crate) fn judge(
         &self,
         task: &mut Task,
         entry: &TaskEntry,
@@ -650,6 +653,7 @@ impl Broker {
         args: &RestrictedExpression,
         request: RestrictedExpression,
         now: mandate_core::Timestamp,
+        probe: bool,
     ) -> Verdict {
         if task.state != TaskState::Active {
             // Ended while this call waited for the lock.
@@ -696,9 +700,11 @@ impl Broker {
                 .iter()
                 .any(|a| a == name || a.strip_prefix(name).is_some_and(|r| r.starts_with('.')))
         };
-        if let Err(why) =
-            task.scope
-                .check_args(&input.target.id, &input.arguments, &carries_third_party)
+        // A probe (a search: may the task do this at all?) has no arguments to check.
+        if !probe
+            && let Err(why) =
+                task.scope
+                    .check_args(&input.target.id, &input.arguments, &carries_third_party)
         {
             return Verdict::deny("mandate:task-arguments", why);
         }

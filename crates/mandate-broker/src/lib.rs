@@ -23,6 +23,7 @@ mod oauth;
 pub mod plan;
 mod replication;
 mod report;
+pub mod search;
 mod secrets;
 mod signing;
 mod state;

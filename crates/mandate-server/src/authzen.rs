@@ -85,6 +85,9 @@ pub(crate) async fn configuration(State(s): State<AppState>) -> Response {
         "issuer": issuer,
         "access_evaluation_endpoint": format!("{issuer}/access/v1/evaluation"),
         "access_evaluations_endpoint": format!("{issuer}/access/v1/evaluations"),
+        "search_subject_endpoint": format!("{issuer}/access/v1/search/subject"),
+        "search_resource_endpoint": format!("{issuer}/access/v1/search/resource"),
+        "search_action_endpoint": format!("{issuer}/access/v1/search/action"),
     }))
     .into_response()
 }
@@ -322,4 +325,289 @@ pub(crate) async fn evaluations(
     r.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-store"));
     with_request_id(r, &headers)
+}
+
+/// Results per page unless the request asks for fewer.
+pub const DEFAULT_PAGE: usize = 50;
+/// Most results per page.
+pub const MAX_PAGE: usize = 200;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct PageRequest {
+    /// The continuation token of the previous page (`next_token` in earlier drafts).
+    #[serde(default, alias = "next_token")]
+    token: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct Search {
+    subject: Option<Subject>,
+    action: Option<Action>,
+    resource: Option<Resource>,
+    /// Accepted; a search judges without request facts.
+    #[serde(default, rename = "context")]
+    _context: Option<Map<String, Value>>,
+    #[serde(default)]
+    page: Option<PageRequest>,
+}
+
+/// A fingerprint of what a search asks (not its page), so a page token is refused for another
+/// search.
+fn fingerprint(what: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(what.as_bytes());
+    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// One page of `results`, with the token of the next one (empty on the last page).
+fn page(results: Vec<Value>, req: Option<&PageRequest>, what: &str) -> Result<Value, String> {
+    let fp = fingerprint(what);
+    let start = match req
+        .and_then(|p| p.token.as_deref())
+        .filter(|t| !t.is_empty())
+    {
+        None => 0,
+        Some(t) => {
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or("`page.token` is not a token this server issued")?;
+            let (offset, f) = raw
+                .split_once(':')
+                .ok_or("`page.token` is not a token this server issued")?;
+            if f != fp {
+                return Err("`page.token` belongs to another search".into());
+            }
+            offset
+                .parse::<usize>()
+                .map_err(|_| "`page.token` is not a token this server issued")?
+        }
+    };
+    let limit = req.and_then(|p| p.limit).unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(format!("`page.limit` must be between 1 and {MAX_PAGE}"));
+    }
+    let total = results.len();
+    let items: Vec<Value> = results.into_iter().skip(start).take(limit).collect();
+    let start = start.min(total);
+    let end = start + items.len();
+    let next = if end < total {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{end}:{fp}"))
+    } else {
+        String::new()
+    };
+    Ok(json!({
+        "results": items,
+        "page": {"next_token": next, "count": end - start, "total": total},
+    }))
+}
+
+fn kind_of(r: &Resource) -> Result<Option<TargetKind>, String> {
+    match r.kind.as_deref() {
+        Some("tool") => Ok(Some(TargetKind::Tool)),
+        Some("resource") => Ok(Some(TargetKind::Resource)),
+        None | Some("") => Ok(None),
+        Some(other) => Err(format!(
+            "`resource.type` `{}` is not `tool` or `resource`",
+            other.chars().take(64).collect::<String>()
+        )),
+    }
+}
+
+fn kind_name(k: TargetKind) -> &'static str {
+    match k {
+        TargetKind::Tool => "tool",
+        TargetKind::Resource => "resource",
+    }
+}
+
+/// The task credential of a search's subject.
+fn subject_credential(q: &Search) -> Result<(String, Option<DpopInput>), String> {
+    let probe = Evaluation {
+        subject: q.subject.clone(),
+        action: Some(Action {
+            name: Some("call".into()),
+            properties: Map::new(),
+        }),
+        resource: Some(Resource {
+            kind: Some("tool".into()),
+            id: Some("-".into()),
+            properties: Map::new(),
+        }),
+        context: None,
+    };
+    input(&probe).map(|(i, _)| (i.token, i.dpop))
+}
+
+fn search_error(e: DecideError) -> Response {
+    match e {
+        DecideError::BadRequest(m) => bad(&m),
+        DecideError::InvalidToken(m) | DecideError::InvalidDpopProof(m) => {
+            json_error(StatusCode::UNAUTHORIZED, "invalid_token", &m)
+        }
+        DecideError::Unavailable(m) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &m)
+        }
+    }
+}
+
+fn searched(r: Result<Value, String>, headers: &HeaderMap) -> Response {
+    let r = match r {
+        Ok(v) => {
+            let mut r = axum::Json(v).into_response();
+            r.headers_mut()
+                .insert("cache-control", HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(m) => bad(&m),
+    };
+    with_request_id(r, headers)
+}
+
+/// `POST /access/v1/search/resource`: the targets the subject's task may act on with `action`.
+pub(crate) async fn search_resource(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Limited,
+) -> Response {
+    let q: Search = match body.json(&s.broker, "/access/v1/search/resource").await {
+        Ok(q) => q,
+        Err(r) => return with_request_id(r, &headers),
+    };
+    let parsed = (|| {
+        let (token, dpop) = subject_credential(&q)?;
+        let action = q
+            .action
+            .as_ref()
+            .and_then(|a| a.name.clone())
+            .filter(|n| !n.is_empty())
+            .ok_or("`action.name` is missing")?;
+        let kind = kind_of(q.resource.as_ref().ok_or("`resource` is missing")?)?;
+        Ok::<_, String>((token, dpop, action, kind))
+    })();
+    let (token, dpop, action, kind) = match parsed {
+        Ok(p) => p,
+        Err(m) => return with_request_id(bad(&m), &headers),
+    };
+    match s
+        .broker
+        .search_targets(&token, dpop.as_ref(), &action, kind)
+        .await
+    {
+        Ok(targets) => {
+            let results = targets
+                .iter()
+                .map(|t| json!({"type": kind_name(t.kind), "id": t.id}))
+                .collect();
+            let what = format!("resource:{action}:{kind:?}:{}", fingerprint(&token));
+            searched(page(results, q.page.as_ref(), &what), &headers)
+        }
+        Err(e) => with_request_id(search_error(e), &headers),
+    }
+}
+
+/// `POST /access/v1/search/action`: the actions the subject's task may take on the resource.
+pub(crate) async fn search_action(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Limited,
+) -> Response {
+    let q: Search = match body.json(&s.broker, "/access/v1/search/action").await {
+        Ok(q) => q,
+        Err(r) => return with_request_id(r, &headers),
+    };
+    let parsed = (|| {
+        let (token, dpop) = subject_credential(&q)?;
+        let r = q.resource.as_ref().ok_or("`resource` is missing")?;
+        let id =
+            r.id.clone()
+                .filter(|i| !i.is_empty())
+                .ok_or("`resource.id` is missing")?;
+        let kind = kind_of(r)?.ok_or("`resource.type` is missing")?;
+        Ok::<_, String>((token, dpop, Target { kind, id }))
+    })();
+    let (token, dpop, target) = match parsed {
+        Ok(p) => p,
+        Err(m) => return with_request_id(bad(&m), &headers),
+    };
+    match s
+        .broker
+        .search_actions(&token, dpop.as_ref(), &target)
+        .await
+    {
+        Ok(actions) => {
+            let results = actions.iter().map(|a| json!({"name": a})).collect();
+            let what = format!("action:{}:{}", target.id, fingerprint(&token));
+            searched(page(results, q.page.as_ref(), &what), &headers)
+        }
+        Err(e) => with_request_id(search_error(e), &headers),
+    }
+}
+
+/// `POST /access/v1/search/subject`: the agents whose live tasks may take the action on the
+/// resource. Asked by a person (an owner sees its own agents, an admin all), with an API token
+/// in `Authorization: Bearer`.
+pub(crate) async fn search_subject(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Limited,
+) -> Response {
+    let person = match crate::auth_header(&headers) {
+        Some((token, false)) => s.broker.authenticate_person(Some(&token)).await,
+        _ => s.broker.authenticate_person(None).await,
+    };
+    let person = match person {
+        Ok(p) => p,
+        Err(e) => return with_request_id(crate::errors::admin_error(e), &headers),
+    };
+    let q: Search = match body.json(&s.broker, "/access/v1/search/subject").await {
+        Ok(q) => q,
+        Err(r) => return with_request_id(r, &headers),
+    };
+    let parsed = (|| {
+        let st = q
+            .subject
+            .as_ref()
+            .and_then(|s| s.kind.clone())
+            .ok_or("`subject.type` is missing")?;
+        if st != "agent" {
+            return Err(format!(
+                "`subject.type` `{}` is not `agent`: Mandate's subjects are agents",
+                st.chars().take(64).collect::<String>()
+            ));
+        }
+        let action = q
+            .action
+            .as_ref()
+            .and_then(|a| a.name.clone())
+            .filter(|n| !n.is_empty())
+            .ok_or("`action.name` is missing")?;
+        let r = q.resource.as_ref().ok_or("`resource` is missing")?;
+        let id =
+            r.id.clone()
+                .filter(|i| !i.is_empty())
+                .ok_or("`resource.id` is missing")?;
+        let kind = kind_of(r)?.ok_or("`resource.type` is missing")?;
+        Ok::<_, String>((action, Target { kind, id }))
+    })();
+    let (action, target) = match parsed {
+        Ok(p) => p,
+        Err(m) => return with_request_id(bad(&m), &headers),
+    };
+    match s.broker.search_subjects(&person, &action, &target) {
+        Ok(agents) => {
+            let results = agents
+                .iter()
+                .map(|a| json!({"type": "agent", "id": a}))
+                .collect();
+            let what = format!("subject:{action}:{}", target.id);
+            searched(page(results, q.page.as_ref(), &what), &headers)
+        }
+        Err(e) => with_request_id(crate::errors::admin_error(e), &headers),
+    }
 }

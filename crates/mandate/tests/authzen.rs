@@ -229,3 +229,51 @@ async fn batches_apply_defaults_and_the_three_semantics() {
             .contains("`action` is missing")
     );
 }
+
+#[tokio::test]
+async fn search_apis_answer_a_client_written_from_the_specification() {
+    let b = Broker::start().await;
+    b.add_owner("support").await;
+    let key = b
+        .add_agent(
+            "helpdesk",
+            "support",
+            "low",
+            "read:cases write:cases export:cases read:kb call:search_kb",
+        )
+        .await;
+    let (_, t) = b
+        .open_task(
+            &key,
+            "helpdesk",
+            task_details(
+                "answer case 8",
+                "support",
+                &[
+                    ("cases", &["read", "write", "export"]),
+                    ("kb", &["read"]),
+                    ("search_kb", &["call"]),
+                ],
+                600,
+            ),
+            false,
+        )
+        .await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    let owner = b.owner_token("support").await;
+    let out = tokio::process::Command::new(common::python())
+        .arg(common::repo().join("tests/interop/authzen_search.py"))
+        .args([&b.url, &token, "helpdesk", &owner])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    // Searches decide nothing: no decision was recorded, no budget spent.
+    assert!(b.audit_kind("decision").is_empty());
+}
