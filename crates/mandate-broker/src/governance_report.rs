@@ -54,7 +54,9 @@ type Row = (
     &'static [&'static str],
 );
 
-const AGENTIC: &str = "OWASP Agentic AI Top 10";
+const AGENTIC: &str = "OWASP Top 10 for Agentic Applications 2026";
+const MAESTRO: &str = "CSA MAESTRO";
+const ATLAS: &str = "MITRE ATLAS";
 const NHI: &str = "OWASP NHI Top 10";
 const RMF: &str = "NIST AI RMF";
 
@@ -112,6 +114,30 @@ const CONTROLS: &[Row] = &[
     ),
     (
         AGENTIC,
+        "ASI04",
+        "Agentic Supply Chain Vulnerabilities",
+        "partly: upstream MCP servers run supervised with a cleared environment and only the secrets configured for them, and what they return is scrubbed and classified; Mandate does not vet the packages, models or tool descriptions themselves",
+        &[],
+        &["gateway.rs::the_python_sdk_works_through_the_gateway_with_real_servers"],
+    ),
+    (
+        AGENTIC,
+        "ASI05",
+        "Unexpected Code Execution (RCE)",
+        "no specific control: Mandate decides which tools an agent may call and with which arguments, but does not sandbox code a tool or the agent runs; a code-execution tool should be catalogued high-risk so its calls need approval",
+        &["high-risk-write-needs-approval"],
+        &["runtime_policy.rs::s9_a_large_refund_needs_one_exact_approval"],
+    ),
+    (
+        AGENTIC,
+        "ASI06",
+        "Memory & Context Poisoning",
+        "within a task: values from third-party content are remembered by origin and calls they steer are held; Mandate sees no agent memory across tasks, so poisoning that persists there is out of its reach",
+        &["third-party-destination-needs-approval"],
+        &["efficacy.rs::injected_actions_are_stopped_and_legitimate_tasks_go_through"],
+    ),
+    (
+        AGENTIC,
         "ASI07",
         "Insecure Inter-Agent Communication",
         "agent-to-agent hand-off only through RFC 8693 token exchange: the child proves its own identity, the chain travels in `act` claims and the audit",
@@ -134,6 +160,14 @@ const CONTROLS: &[Row] = &[
             "delegation.rs::s7_ending_anything_up_a_three_agent_chain_ends_everything_below",
             "runtime_policy.rs::s12_a_tight_loop_of_denied_retries_suspends_the_task",
         ],
+    ),
+    (
+        AGENTIC,
+        "ASI09",
+        "Human-Agent Trust Exploitation",
+        "approvals show the exact call (action, target, arguments) and why it needs a person, and cover that call once; an agent cannot approve for itself",
+        &["owner-approves-own-agents"],
+        &["runtime_policy.rs::s9_a_large_refund_needs_one_exact_approval"],
     ),
     (
         AGENTIC,
@@ -214,6 +248,93 @@ const CONTROLS: &[Row] = &[
         "one credential per task; two tasks of one agent stay apart, each in its own scope and audit trail",
         &["act-within-task-scope"],
         &["scenarios.rs::s11_two_tasks_of_one_agent_stay_apart"],
+    ),
+    (
+        MAESTRO,
+        "L3",
+        "Agent Frameworks",
+        "every tool call is decided outside the agent's framework, at the gateway or by the SDK's adapters, against the task's scope and policies",
+        &["act-within-task-scope", "mandate:task-scope"],
+        &["gateway.rs::the_python_sdk_works_through_the_gateway_with_real_servers"],
+    ),
+    (
+        MAESTRO,
+        "L4",
+        "Deployment and Infrastructure",
+        "brokered secrets sealed at rest and injected into upstreams; the HTTP proxy forwards only routed, decided requests; replicas share one state over TLS",
+        &[],
+        &[
+            "proxy.rs::hostile_targets_are_refused_or_reach_only_the_routed_path",
+            "replicas.rs::replicas_reach_postgresql_over_verified_tls",
+        ],
+    ),
+    (
+        MAESTRO,
+        "L5",
+        "Evaluation and Observability",
+        "a hash-chained audit record of every step, verifiable, exportable, rebuilt as a workflow tree; Prometheus metrics",
+        &[],
+        &[
+            "audit_chain.rs::verify_names_an_edited_record",
+            "delegation.rs::s13_trace_rebuilds_a_multi_agent_workflow_as_a_tree",
+        ],
+    ),
+    (
+        MAESTRO,
+        "L6",
+        "Security and Compliance",
+        "policy-as-code with tests, drift revocation, owner re-confirmation, and this report",
+        &["task-within-envelope", "mandate:reconfirmation"],
+        &[
+            "policy_cli.rs::the_shipped_pack_passes_its_own_tables",
+            "governance.rs::the_governance_view_counts_flags_and_reports",
+        ],
+    ),
+    (
+        MAESTRO,
+        "L7",
+        "Agent Ecosystem",
+        "agents hand work to agents only by token exchange, bounded by the parent's scope and lifetime, with the chain on record",
+        &["delegation-depth-limit", "mandate:delegation"],
+        &["delegation.rs::s6_a_sub_task_gets_at_most_what_its_parent_holds"],
+    ),
+    (
+        ATLAS,
+        "AML.T0051.001",
+        "LLM Prompt Injection: Indirect",
+        "values from third-party content are tracked by origin; a call they steer waits for a person, or is denied after a sensitive read",
+        &[
+            "third-party-destination-needs-approval",
+            "third-party-link-needs-approval",
+        ],
+        &["efficacy.rs::injected_actions_are_stopped_and_legitimate_tasks_go_through"],
+    ),
+    (
+        ATLAS,
+        "AML.T0053",
+        "AI Agent Tool Invocation",
+        "a tool outside the task's scope, or with arguments outside its rules, is never called",
+        &["mandate:task-scope", "mandate:task-arguments"],
+        &["runtime_policy.rs::argument_rules_pin_what_a_task_may_pass"],
+    ),
+    (
+        ATLAS,
+        "AML.T0086",
+        "Exfiltration via AI Agent Tool Invocation",
+        "after a sensitive read, data goes out only to destinations the task's request named or a trusted output supplied",
+        &[
+            "no-egress-after-sensitive-read",
+            "sensitive-data-to-third-party-destination",
+        ],
+        &["runtime_policy.rs::s3_what_a_task_read_decides_where_it_may_send"],
+    ),
+    (
+        ATLAS,
+        "AML.T0055",
+        "Unsecured Credentials",
+        "agents hold only short-lived, key-bound task credentials; upstream secrets stay with the gateway",
+        &["tier-high-needs-dpop"],
+        &["scenarios.rs::s4_a_copied_credential_is_useless_without_the_agents_key"],
     ),
     (
         RMF,

@@ -82,7 +82,8 @@ enum Command {
     Audit(audit::AuditCmd),
     /// Write the governance report (Markdown and JSON): inventory by owner and tier, flags,
     /// denied and approval decisions, revocations and their causes, and the controls mapped to
-    /// the OWASP Agentic AI Top 10, OWASP NHI Top 10 and NIST AI RMF.
+    /// the OWASP Top 10 for Agentic Applications, OWASP NHI Top 10, NIST AI RMF, CSA MAESTRO and
+    /// MITRE ATLAS.
     Report(report::ReportArgs),
     /// Rotate the token signing key.
     #[command(subcommand)]

@@ -213,8 +213,19 @@ async fn the_governance_view_counts_flags_and_reports() {
     assert!(md.contains("## Controls"));
     // Every control names at least a policy in force or a test, and every test it names exists.
     let controls = report["controls"].as_array().unwrap();
-    for f in ["OWASP Agentic AI Top 10", "OWASP NHI Top 10", "NIST AI RMF"] {
+    for f in [
+        "OWASP Top 10 for Agentic Applications 2026",
+        "OWASP NHI Top 10",
+        "NIST AI RMF",
+        "CSA MAESTRO",
+        "MITRE ATLAS",
+    ] {
         assert!(controls.iter().any(|c| c["framework"] == f), "{f}");
+    }
+    // Every item of the agentic Top 10 is answered, with a control or the reason there is none.
+    for n in 1..=10 {
+        let id = format!("ASI{n:02}");
+        assert!(controls.iter().any(|c| c["id"] == id.as_str()), "{id}");
     }
     let repo = common::repo();
     for c in controls {
