@@ -1,5 +1,10 @@
 //! `mandate`: a runtime access broker for autonomous AI agents.
 
+/// mimalloc instead of the system allocator: a decision allocates and frees a few hundred small
+/// objects across threads, where glibc's allocator took about 15 % of the server's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod audit;
 mod client;
 mod commands;
