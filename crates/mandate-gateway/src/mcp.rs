@@ -215,12 +215,26 @@ fn credential(
 /// Whether a browser `Origin` may talk to the gateway: none (not a browser), or the gateway's
 /// own origin. Anything else is refused, against DNS rebinding (MCP transport spec).
 fn origin_allowed(gw: &Gateway, headers: &HeaderMap) -> bool {
+    let issuer = gw.broker.config().issuer.trim_end_matches('/');
     match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         None => true,
         Some(origin) => {
-            origin.trim_end_matches('/') == gw.broker.config().issuer.trim_end_matches('/')
+            let origin = origin.trim_end_matches('/');
+            // A gateway serving loopback also takes pages served from loopback (a local MCP
+            // host, a proxy in front of it): a rebinding page's origin is the attacker's name.
+            origin == issuer || (loopback_origin(issuer) && loopback_origin(origin))
         }
     }
+}
+
+/// Whether an origin (`scheme://host[:port]`) names this machine's loopback interface.
+fn loopback_origin(origin: &str) -> bool {
+    url::Url::parse(origin).is_ok_and(|u| match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    })
 }
 
 async fn handle(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -748,5 +762,17 @@ async fn call(
             };
             Ok(rpc_error(id, code, &message, data))
         }
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    #[test]
+    fn loopback_origins() {
+        assert!(super::loopback_origin("http://localhost:3000"));
+        assert!(super::loopback_origin("http://127.0.0.1:8080"));
+        assert!(super::loopback_origin("http://[::1]:1"));
+        assert!(!super::loopback_origin("http://evil.example"));
+        assert!(!super::loopback_origin("http://localhost.evil.example"));
     }
 }
