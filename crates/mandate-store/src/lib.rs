@@ -15,6 +15,7 @@ mod model;
 mod postgres;
 mod sqlite;
 mod sqlite_writer;
+mod workflow;
 
 use std::path::Path;
 
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use model::{
     AgentActivity, ApiTokenRecord, ApprovalFilter, Op, Receipt, Role, SecretRecord, TaskFilter,
 };
+pub use workflow::{MAX_WORKFLOW_TASKS, Workflow, WorkflowNode, workflow};
 
 use mandate_core::{Agent, AgentId, Owner, OwnerId, Task, TaskId, Timestamp};
 

@@ -1,15 +1,14 @@
 //! Audit commands. They read the store directly, so an investigator needs the data (or store
 //! URL), not a running broker.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
+use mandate_core::TaskId;
 use mandate_core::audit::{AuditEvent, AuditRecord, ChainVerifier};
-use mandate_core::{Task, TaskId};
-use mandate_store::{Store, StoreOptions, TaskFilter};
+use mandate_store::{Store, StoreOptions, WorkflowNode};
 use serde_json::json;
 
 use crate::Global;
@@ -152,109 +151,53 @@ fn event_line(r: &AuditRecord, e: &AuditEvent) -> Vec<String> {
     ]
 }
 
-/// Most tasks one workflow trace reads.
-const MAX_WORKFLOW_TASKS: i64 = 10_000;
-
 async fn trace(global: &Global, store: &Store, task: &str) -> anyhow::Result<()> {
     let id = TaskId::parse(task).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let t = store
-        .task(&id)
+    let w = mandate_store::workflow(store, &id, |_| true)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .with_context(|| format!("task `{id}` does not exist"))?;
-    // The whole workflow: the task that started it and every task delegated from it.
-    let root = t.root().clone();
-    let mut tasks = store
-        .tasks(&TaskFilter {
-            root: Some(root.clone()),
-            limit: Some(MAX_WORKFLOW_TASKS),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if !tasks.iter().any(|x| x.id == t.id) {
-        tasks.push(t.clone());
-    }
-    tasks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    let ids: Vec<TaskId> = tasks.iter().map(|x| x.id.clone()).collect();
-    let records = store
-        .audit_for_tasks(&ids)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut steps: BTreeMap<String, Vec<(&AuditRecord, AuditEvent)>> = BTreeMap::new();
-    for r in &records {
-        let e = r
-            .event()
-            .with_context(|| format!("record {} is unreadable", r.seq))?;
-        steps
-            .entry(e.task.clone().unwrap_or_default())
-            .or_default()
-            .push((r, e));
-    }
-    let mut children: BTreeMap<Option<TaskId>, Vec<&Task>> = BTreeMap::new();
-    for x in &tasks {
-        // A task whose parent is not in the store hangs from the top.
-        let parent = x
-            .delegation
-            .as_ref()
-            .and_then(|d| d.parent())
-            .filter(|p| ids.contains(p))
-            .cloned();
-        children.entry(parent).or_default().push(x);
-    }
-    let tops = children.get(&None).cloned().unwrap_or_default();
     if global.json {
-        let asked: Vec<_> = steps
-            .get(t.id.as_str())
+        let asked: Vec<_> = w
+            .nodes()
             .into_iter()
-            .flatten()
+            .filter(|n| n.task.id == w.task.id)
+            .flat_map(|n| n.steps.iter())
             .map(|(r, e)| json!({"seq": r.seq, "hash": r.hash, "event": e}))
             .collect();
-        let tree: Vec<_> = tops
-            .iter()
-            .map(|x| node_json(x, &children, &steps))
-            .collect();
+        let tree: Vec<_> = w.tops.iter().map(node_json).collect();
         output::json(&json!({
-            "task": t,
+            "task": w.task,
             "steps": asked,
-            "root": root,
-            "tasks": tasks.len(),
+            "root": w.root,
+            "tasks": w.tasks,
             "tree": tree,
         }));
         return Ok(());
     }
-    let agents: std::collections::BTreeSet<&str> = tasks.iter().map(|x| x.agent.as_str()).collect();
     println!(
         "workflow of task {} (root {}): {} task{}, {} agent{}",
-        t.id,
-        root,
-        tasks.len(),
-        if tasks.len() == 1 { "" } else { "s" },
-        agents.len(),
-        if agents.len() == 1 { "" } else { "s" },
+        w.task.id,
+        w.root,
+        w.tasks,
+        if w.tasks == 1 { "" } else { "s" },
+        w.agents,
+        if w.agents == 1 { "" } else { "s" },
     );
-    for x in tops {
-        print_node(x, &children, &steps, 0);
+    for x in &w.tops {
+        print_node(x, 0);
     }
     Ok(())
 }
 
-type Children<'a> = BTreeMap<Option<TaskId>, Vec<&'a Task>>;
-type Steps<'a> = BTreeMap<String, Vec<(&'a AuditRecord, AuditEvent)>>;
-
-fn node_json(t: &Task, children: &Children<'_>, steps: &Steps<'_>) -> serde_json::Value {
-    let own: Vec<_> = steps
-        .get(t.id.as_str())
-        .into_iter()
-        .flatten()
+fn node_json(n: &WorkflowNode) -> serde_json::Value {
+    let t = &n.task;
+    let own: Vec<_> = n
+        .steps
+        .iter()
         .map(|(r, e)| json!({"seq": r.seq, "hash": r.hash, "event": e}))
         .collect();
-    let kids: Vec<_> = children
-        .get(&Some(t.id.clone()))
-        .into_iter()
-        .flatten()
-        .map(|c| node_json(c, children, steps))
-        .collect();
+    let kids: Vec<_> = n.children.iter().map(node_json).collect();
     json!({
         "task_id": t.id,
         "agent": t.agent,
@@ -269,7 +212,8 @@ fn node_json(t: &Task, children: &Children<'_>, steps: &Steps<'_>) -> serde_json
     })
 }
 
-fn print_node(t: &Task, children: &Children<'_>, steps: &Steps<'_>, depth: usize) {
+fn print_node(n: &WorkflowNode, depth: usize) {
+    let t = &n.task;
     let pad = "    ".repeat(depth);
     println!(
         "{pad}task {} · agent {} · owner {} · {}",
@@ -287,12 +231,12 @@ fn print_node(t: &Task, children: &Children<'_>, steps: &Steps<'_>, depth: usize
         t.intent.class
     );
     println!("{pad}  scope:  {}", t.scope);
-    for (r, e) in steps.get(t.id.as_str()).into_iter().flatten() {
+    for (r, e) in &n.steps {
         let line = event_line(r, e);
         println!("{pad}  {}", line.join("  "));
     }
-    for c in children.get(&Some(t.id.clone())).into_iter().flatten() {
-        print_node(c, children, steps, depth + 1);
+    for c in &n.children {
+        print_node(c, depth + 1);
     }
 }
 
