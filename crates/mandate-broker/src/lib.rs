@@ -71,7 +71,23 @@ pub struct Broker {
     pub(crate) secret_changes: tokio::sync::watch::Sender<u64>,
     pub(crate) reminded: governance::Reminded,
     pub(crate) follower: replication::Follower,
+    pub(crate) last_reload: std::sync::Mutex<Option<PolicyReload>>,
     http: std::sync::OnceLock<reqwest::Client>,
+}
+
+/// The outcome of the last policy reload in this process.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PolicyReload {
+    /// When it ran.
+    pub at: Timestamp,
+    /// Who asked (`None`: a file change or a signal).
+    pub actor: Option<String>,
+    /// Whether the new set was taken.
+    pub loaded: bool,
+    /// What happened, in words (the refusal when not loaded).
+    pub message: String,
+    /// Tasks the new set revoked (policy drift).
+    pub revoked_tasks: Vec<String>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -120,6 +136,7 @@ impl Broker {
             secret_changes: tokio::sync::watch::channel(0).0,
             reminded: Default::default(),
             follower: Default::default(),
+            last_reload: std::sync::Mutex::new(None),
             keys: ArcSwap::from_pointee(keys),
             http: std::sync::OnceLock::new(),
             cfg,
@@ -260,19 +277,44 @@ impl Broker {
                     "revoked_tasks": revoked,
                 });
                 self.audit_best_effort(e).await;
-                Ok(format!(
+                let msg = format!(
                     "{count} policies loaded ({digest}); {} active tasks revoked by the change",
                     revoked.len()
-                ))
+                );
+                self.note_reload(actor, true, &msg, revoked);
+                Ok(msg)
             }
             Err(err) => {
                 let mut e = self.event(EventKind::PolicyRejected);
                 e.actor = actor.map(str::to_string);
                 e.reason = Some(err.to_string());
                 self.audit_best_effort(e).await;
+                self.note_reload(actor, false, &err.to_string(), Vec::new());
                 Err(err.to_string())
             }
         }
+    }
+
+    fn note_reload(&self, actor: Option<&str>, loaded: bool, message: &str, revoked: Vec<String>) {
+        let r = PolicyReload {
+            at: self.now(),
+            actor: actor.map(str::to_string),
+            loaded,
+            message: message.to_string(),
+            revoked_tasks: revoked,
+        };
+        *self
+            .last_reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
+    }
+
+    /// The last policy reload in this process, if any since it started.
+    pub fn last_policy_reload(&self) -> Option<PolicyReload> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Policy drift: re-runs admission for every active task under the policies now in force,

@@ -76,15 +76,24 @@ pub(crate) fn decide_error(e: DecideError) -> Response {
     r
 }
 
-pub(crate) fn admin_error(e: AdminError) -> Response {
-    let (status, code) = match &e {
+/// The HTTP status of an admin error, one per variant.
+pub(crate) fn admin_status(e: &AdminError) -> StatusCode {
+    admin_code(e).0
+}
+
+fn admin_code(e: &AdminError) -> (StatusCode, &'static str) {
+    match e {
         AdminError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
         AdminError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
         AdminError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-    };
+    }
+}
+
+pub(crate) fn admin_error(e: AdminError) -> Response {
+    let (status, code) = admin_code(&e);
     let mut r = json_error(status, code, &e.to_string());
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut()

@@ -1,13 +1,15 @@
 //! The HTTP front of Mandate.
 //!
 //! OAuth endpoints (`/oauth/*`, RFC 6749/7523/9449/7662/7009), metadata (RFC 8414) and JWKS, the
-//! decision API (`/v1/decide`), the admin API (`/admin/v1/*`), `/metrics` and `/healthz`.
+//! decision API (`/v1/decide`), the admin API (`/admin/v1/*`), the web console (`/console`),
+//! `/metrics` and `/healthz`.
 //! Handlers parse and size-check input, call the [`mandate_broker::Broker`], and map its typed
 //! errors to statuses here, one arm per variant.
 
 mod admin;
 mod authzen;
 mod body;
+mod console;
 mod errors;
 mod oauth;
 
@@ -31,6 +33,7 @@ pub use body::MAX_BODY_BYTES;
 pub struct AppState {
     broker: Arc<Broker>,
     metrics: Option<PrometheusHandle>,
+    console: Arc<console::Console>,
 }
 
 fn metrics_handle() -> Option<PrometheusHandle> {
@@ -63,6 +66,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
     let state = AppState {
         broker,
         metrics: metrics_handle(),
+        console: console::state(),
     };
     Router::new()
         .route("/healthz", get(healthz))
@@ -91,6 +95,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/access/v1/search/resource", post(authzen::search_resource))
         .route("/access/v1/search/action", post(authzen::search_action))
         .merge(admin::routes())
+        .merge(console::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
