@@ -243,6 +243,21 @@ impl fmt::Display for ArgRule {
     }
 }
 
+/// A range bound as JSON that reads back as the same bound: a whole number within ±2^53 is
+/// written as an integer (`1777777777777777`, not `1777777777777777.0`, which has more
+/// significant digits than a rule may carry).
+fn bound_json(x: f64) -> Value {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if x.fract() == 0.0 && x.abs() <= EXACT {
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "whole and within ±2^53: exact"
+        )]
+        return Value::from(x as i64);
+    }
+    serde_json::json!(x)
+}
+
 impl Serialize for ArgRule {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let v = match self {
@@ -253,10 +268,10 @@ impl Serialize for ArgRule {
             ArgRule::Range { min, max } => {
                 let mut m = serde_json::Map::new();
                 if let Some(a) = min {
-                    m.insert("min".into(), serde_json::json!(a));
+                    m.insert("min".into(), bound_json(*a));
                 }
                 if let Some(b) = max {
-                    m.insert("max".into(), serde_json::json!(b));
+                    m.insert("max".into(), bound_json(*b));
                 }
                 Value::Object(m)
             }
@@ -456,6 +471,30 @@ mod tests {
 
     fn rules(v: Value) -> ArgRules {
         serde_json::from_value(v).unwrap()
+    }
+
+    /// Found by the `scope` fuzz target: a whole-number bound of 16 digits was accepted, then
+    /// written back as `1777777777777777.0` and refused on reading (a stored task unreadable).
+    #[test]
+    fn large_whole_bounds_read_back() {
+        for v in [
+            json!(1_777_777_777_777_777_i64),
+            json!(-9_007_199_254_740_992_i64),
+            json!(99.95),
+            json!(0),
+        ] {
+            let r = rules(json!({"amount": {"min": v, "max": v}}));
+            let text = serde_json::to_string(&r).unwrap();
+            let back: ArgRules = serde_json::from_str(&text).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), text);
+        }
+        assert_eq!(
+            serde_json::to_string(&rules(
+                json!({"amount": {"max": 1_777_777_777_777_777_i64}})
+            ))
+            .unwrap(),
+            r#"{"amount":{"max":1777777777777777}}"#
+        );
     }
 
     #[test]
