@@ -43,6 +43,16 @@ pub enum OAuthError {
     /// `invalid_target` (RFC 8693): a `resource` or `audience` this service does not serve.
     #[error("{0}")]
     InvalidTarget(String),
+    /// `invalid_grant`: an authorization code that is unknown, used, expired, or presented
+    /// with the wrong verifier, client or redirect URI.
+    #[error("{0}")]
+    InvalidGrant(String),
+    /// `invalid_redirect_uri` (RFC 7591): a registration's redirect URIs are refused.
+    #[error("{0}")]
+    InvalidRedirectUri(String),
+    /// `invalid_client_metadata` (RFC 7591): other registration metadata is refused.
+    #[error("{0}")]
+    InvalidClientMetadata(String),
     /// `server_error`: the store failed; nothing was granted.
     #[error("{0}")]
     ServerError(String),
@@ -60,6 +70,9 @@ impl OAuthError {
             OAuthError::InvalidAuthorizationDetails { .. } => "invalid_authorization_details",
             OAuthError::InvalidDpopProof(_) => "invalid_dpop_proof",
             OAuthError::InvalidTarget(_) => "invalid_target",
+            OAuthError::InvalidGrant(_) => "invalid_grant",
+            OAuthError::InvalidRedirectUri(_) => "invalid_redirect_uri",
+            OAuthError::InvalidClientMetadata(_) => "invalid_client_metadata",
             OAuthError::ServerError(_) => "server_error",
         }
     }

@@ -13,6 +13,7 @@
 mod admin;
 mod approvals;
 mod attest;
+pub mod authcode;
 mod config;
 mod decide;
 mod delegation;
@@ -72,6 +73,7 @@ pub struct Broker {
     pub(crate) reminded: governance::Reminded,
     pub(crate) follower: replication::Follower,
     pub(crate) last_reload: std::sync::Mutex<Option<PolicyReload>>,
+    pub(crate) authcodes: authcode::AuthCodes,
     http: std::sync::OnceLock<reqwest::Client>,
 }
 
@@ -137,6 +139,7 @@ impl Broker {
             reminded: Default::default(),
             follower: Default::default(),
             last_reload: std::sync::Mutex::new(None),
+            authcodes: Default::default(),
             keys: ArcSwap::from_pointee(keys),
             http: std::sync::OnceLock::new(),
             cfg,

@@ -41,6 +41,12 @@ pub struct TokenRequest {
     pub dpop: Option<String>,
     /// Token exchange (RFC 8693) parameters, for delegation.
     pub exchange: ExchangeParams,
+    /// `code`, for the authorization-code grant.
+    pub code: Option<String>,
+    /// `code_verifier` (RFC 7636).
+    pub code_verifier: Option<String>,
+    /// `redirect_uri`, as sent with the authorization request.
+    pub redirect_uri: Option<String>,
 }
 
 /// The RFC 8693 section 2.1 parameters of a token exchange request.
@@ -269,11 +275,27 @@ impl Broker {
         match req.grant_type.as_deref() {
             Some("client_credentials") => {}
             Some(crate::delegation::TOKEN_EXCHANGE) => return self.exchange(req).await,
+            Some(crate::authcode::AUTHORIZATION_CODE) => {
+                if req.exchange.targets.len() > 1 {
+                    return Err(OAuthError::InvalidRequest("send `resource` once".into()));
+                }
+                return self
+                    .redeem_code(
+                        req.code.as_deref(),
+                        req.code_verifier.as_deref(),
+                        req.auth.client_id.as_deref(),
+                        req.redirect_uri.as_deref(),
+                        req.exchange.targets.first().map(String::as_str),
+                        req.dpop.as_deref(),
+                    )
+                    .await;
+            }
             Some(other) => {
                 let msg = format!(
-                    "grant_type `{}` is not supported; use `client_credentials`, or `{}` to delegate",
+                    "grant_type `{}` is not supported; use `client_credentials`, `{}` to delegate, or `{}` (interactive hosts)",
                     other.chars().take(80).collect::<String>(),
-                    crate::delegation::TOKEN_EXCHANGE
+                    crate::delegation::TOKEN_EXCHANGE,
+                    crate::authcode::AUTHORIZATION_CODE
                 );
                 self.reject(None, &msg).await;
                 return Err(OAuthError::UnsupportedGrantType(msg));
@@ -301,7 +323,7 @@ impl Broker {
             self.spend(&agent, &once, &e.to_string()).await?;
             return Err(e);
         }
-        let mut ask = match self.parse_ask(req, &agent) {
+        let ask = match self.parse_ask(req, &agent) {
             Ok(a) => a,
             Err(e) => {
                 // The assertion is spent even though the request was malformed.
@@ -349,6 +371,21 @@ impl Broker {
             }
             None => None,
         };
+        self.issue_task(agent, ask, jkt, &once, None).await
+    }
+
+    /// Admits (or refuses) the task `ask` describes for `agent` and issues its credential,
+    /// bound to `jkt` when given; `once` are the one-time values the request spends, and
+    /// `on_behalf_of` the person who consented in a browser (the authorization-code grant).
+    pub(crate) async fn issue_task(
+        &self,
+        agent: Agent,
+        mut ask: TaskAsk,
+        jkt: Option<String>,
+        once: &[(String, Timestamp)],
+        on_behalf_of: Option<&str>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let now = self.now();
         // A plain `scope` request is an OAuth scope request: the server may grant part of it
         // (RFC 6749 section 3.3) and says what it granted. MCP clients ask for everything a
         // server offers; they get what the agent's envelope allows of it. A detailed task
@@ -384,7 +421,7 @@ impl Broker {
             .unwrap_or_else(|| self.admit(&agent, &task));
         let mut task = task;
         task.scope = task.scope.narrowed_by(&agent.envelope);
-        let mut ops: Vec<Op> = once_ops(&once);
+        let mut ops: Vec<Op> = once_ops(once);
         let mut e = self.admission_event(&agent, &task, &verdict);
         e.detail = serde_json::json!({
             "intent_class": task.intent.class,
@@ -393,6 +430,9 @@ impl Broker {
             "ttl": ask.ttl,
             "dpop_bound": jkt.is_some(),
         });
+        if let (Some(person), Some(d)) = (on_behalf_of, e.detail.as_object_mut()) {
+            d.insert("on_behalf_of".into(), serde_json::json!(person));
+        }
         if !verdict.allowed() {
             return Err(self
                 .refuse_task(&agent, &task, verdict, ops, e, ask.via_details)

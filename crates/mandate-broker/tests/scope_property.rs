@@ -125,6 +125,7 @@ async fn run(variant: u8, granted: Vec<(usize, usize)>, requests: Vec<(usize, us
             authorization_details: None,
             dpop: None,
             exchange: Default::default(),
+            ..Default::default()
         })
         .await
         .unwrap()

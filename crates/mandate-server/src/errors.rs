@@ -36,6 +36,9 @@ pub(crate) fn oauth_error(e: OAuthError) -> Response {
         ),
         OAuthError::InvalidDpopProof(_) => (StatusCode::BAD_REQUEST, None, None),
         OAuthError::InvalidTarget(_) => (StatusCode::BAD_REQUEST, None, None),
+        OAuthError::InvalidGrant(_)
+        | OAuthError::InvalidRedirectUri(_)
+        | OAuthError::InvalidClientMetadata(_) => (StatusCode::BAD_REQUEST, None, None),
         OAuthError::ServerError(_) => (StatusCode::SERVICE_UNAVAILABLE, None, None),
     };
     let mut body = serde_json::Map::new();

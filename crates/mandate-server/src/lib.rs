@@ -81,6 +81,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
             get(oauth::authorize).post(oauth::authorize),
         )
         .route("/oauth/token", post(oauth::token))
+        .route("/oauth/register", post(oauth::register))
         .route("/oauth/introspect", post(oauth::introspect))
         .route("/oauth/revoke", post(oauth::revoke))
         .route("/v1/decide", post(decide))

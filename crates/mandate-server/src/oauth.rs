@@ -17,16 +17,23 @@ pub(crate) async fn metadata(State(s): State<AppState>) -> Response {
     let algs = ["EdDSA", "ES256", "RS256"];
     axum::Json(serde_json::json!({
         "issuer": issuer,
-        // Agents use client credentials only; the authorization endpoint exists because RFC 8414
-        // requires it to be named (and common clients insist), and it refuses every request.
+        // Agents use client credentials; interactive MCP hosts the authorization-code grant
+        // with PKCE, the person consenting in the console.
         "authorization_endpoint": format!("{issuer}/oauth/authorize"),
         "token_endpoint": format!("{issuer}/oauth/token"),
+        "registration_endpoint": format!("{issuer}/oauth/register"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "introspection_endpoint": format!("{issuer}/oauth/introspect"),
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
-        "grant_types_supported": ["client_credentials", mandate_broker::TOKEN_EXCHANGE],
-        "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "grant_types_supported": [
+            "client_credentials",
+            mandate_broker::TOKEN_EXCHANGE,
+            mandate_broker::authcode::AUTHORIZATION_CODE,
+        ],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": algs,
         "introspection_endpoint_auth_methods_supported": ["private_key_jwt", "bearer"],
         "revocation_endpoint_auth_methods_supported": ["private_key_jwt", "bearer"],
@@ -99,6 +106,9 @@ pub(crate) async fn token(
                 .collect(),
             dpop_jkt: form.get("dpop_jkt"),
         },
+        code: form.get("code"),
+        code_verifier: form.get("code_verifier"),
+        redirect_uri: form.get("redirect_uri"),
     };
     match s.broker.token(&req).await {
         Ok(resp) => {
@@ -180,12 +190,34 @@ pub(crate) async fn revoke(
     }
 }
 
-/// The authorization endpoint: Mandate runs no interactive flows, so every request is refused
-/// with the RFC 6749 error for it.
-pub(crate) async fn authorize() -> Response {
-    json_error(
-        StatusCode::BAD_REQUEST,
-        "unsupported_response_type",
-        "Mandate issues task credentials to agents with the client_credentials grant only",
-    )
+/// The authorization endpoint (RFC 6749 section 3.1): the consent screen is the console's, where
+/// the person's session lives; the request goes there unchanged.
+pub(crate) async fn authorize(uri: axum::http::Uri) -> Response {
+    let q = uri.query().unwrap_or("");
+    if q.len() > 8 * 1024 {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the authorization request is longer than 8 KiB",
+        );
+    }
+    axum::response::Redirect::to(&format!("/console/authorize?{q}")).into_response()
+}
+
+/// RFC 7591 dynamic client registration, for MCP hosts (public clients using PKCE).
+pub(crate) async fn register(State(s): State<AppState>, body: Limited) -> Response {
+    let reg: mandate_broker::authcode::ClientRegistration =
+        match body.json(&s.broker, "/oauth/register").await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+    match s.broker.register_client(reg) {
+        Ok(c) => {
+            let mut r = (StatusCode::CREATED, axum::Json(c)).into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(e) => oauth_error(e),
+    }
 }

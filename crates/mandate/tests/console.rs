@@ -29,7 +29,11 @@ fn value_of<'a>(html: &'a str, name: &str) -> &'a str {
 
 /// Signs in with `token`; returns the session cookie and a page's CSRF token.
 async fn sign_in(b: &Broker, c: &reqwest::Client, token: &str) -> (String, String) {
-    let r = c.get(format!("{}/console/login", b.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/console/login", b.url))
+        .send()
+        .await
+        .unwrap();
     let login_cookie = r.headers()[header::SET_COOKIE]
         .to_str()
         .unwrap()
@@ -80,10 +84,12 @@ async fn sign_in_needs_the_forms_nonce_and_a_valid_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    assert!(r.headers().get_all(header::SET_COOKIE).iter().all(|v| !v
-        .to_str()
-        .unwrap()
-        .starts_with("mandate_console=")));
+    assert!(
+        r.headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .all(|v| !v.to_str().unwrap().starts_with("mandate_console="))
+    );
     // A malformed form: a clear 400.
     let r = c
         .post(format!("{}/console/login", b.url))
@@ -130,9 +136,13 @@ async fn state_changes_need_the_session_csrf_token_and_origin() {
         }
         r.send()
     };
-    let r = post("/console/agents/bot/suspend", vec![("csrf", "wrong".into())], None)
-        .await
-        .unwrap();
+    let r = post(
+        "/console/agents/bot/suspend",
+        vec![("csrf", "wrong".into())],
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 403);
     let r = post(
         "/console/agents/bot/suspend",
@@ -154,9 +164,13 @@ async fn state_changes_need_the_session_csrf_token_and_origin() {
     .unwrap();
     assert_eq!(r.status(), 400);
     // An unknown verb: 404.
-    let r = post("/console/agents/bot/explode", vec![("csrf", csrf.clone())], None)
-        .await
-        .unwrap();
+    let r = post(
+        "/console/agents/bot/explode",
+        vec![("csrf", csrf.clone())],
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 404);
     // The right token from the console's origin: suspended, and audited like the CLI's.
     let r = post(
@@ -202,7 +216,10 @@ async fn without_a_session_pages_redirect_and_the_rest_is_401() {
     assert_eq!(r.headers()[header::LOCATION], "/console/login");
     for (path, cookie) in [
         ("/console/events", "mandate_console=forged".to_string()),
-        ("/console/approvals/list", format!("mandate_console={}", "a".repeat(5000))),
+        (
+            "/console/approvals/list",
+            format!("mandate_console={}", "a".repeat(5000)),
+        ),
     ] {
         let r = c
             .get(format!("{}{path}", b.url))
@@ -218,7 +235,9 @@ async fn without_a_session_pages_redirect_and_the_rest_is_401() {
     let (session, _) = sign_in(&b, &c, &token).await;
     let (_, tokens) = b.admin_get("/admin/v1/owners/ops/tokens").await;
     let id = tokens[0]["id"].as_str().unwrap().to_string();
-    let (status, _) = b.admin_delete(&format!("/admin/v1/owners/ops/tokens/{id}")).await;
+    let (status, _) = b
+        .admin_delete(&format!("/admin/v1/owners/ops/tokens/{id}"))
+        .await;
     assert_eq!(status, 200);
     let r = c
         .get(format!("{}/console/agents", b.url))

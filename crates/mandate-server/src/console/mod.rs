@@ -84,16 +84,22 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/console/agents/{id}/{verb}", post(agent_action))
         .route("/console/policies", get(policies_page))
         .route("/console/policies/reload", post(reload_policies))
+        .route(
+            "/console/authorize",
+            get(authorize_page).post(authorize_decide),
+        )
         .layer(axum::middleware::map_response(secure_headers))
 }
 
 /// Headers on every console response: the CSP, no sniffing, no framing, no caching, no referrer to other sites (`no-referrer` would make browsers send `Origin: null`).
 async fn secure_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+    }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -296,9 +302,21 @@ fn bad_form(e: &FormRejection, user: Option<&User>) -> Response {
 struct LoginQuery {
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    next: Option<String>,
 }
 
-fn login_form(s: &AppState, status: StatusCode, error: Option<&str>) -> Response {
+/// Where sign-in may continue to: only the consent screen (no open redirect).
+fn safe_next(next: Option<&str>) -> Option<&str> {
+    next.filter(|n| n.starts_with("/console/authorize?") && n.len() <= 8 * 1024)
+}
+
+fn login_form(
+    s: &AppState,
+    status: StatusCode,
+    error: Option<&str>,
+    next: Option<&str>,
+) -> Response {
     let nonce = session::random_token();
     let mut body = String::new();
     if let Some(e) = error {
@@ -307,13 +325,16 @@ fn login_form(s: &AppState, status: StatusCode, error: Option<&str>) -> Response
     let _ = write!(
         body,
         "<form method=\"post\" action=\"/console/login\" class=\"login\">\
-         <input type=\"hidden\" name=\"login_csrf\" value=\"{nonce}\">\
+         <input type=\"hidden\" name=\"login_csrf\" value=\"{nonce}\">{}\
          <label for=\"token\">API token</label>\
          <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"off\" required \
            maxlength=\"256\" placeholder=\"mnd_…\">\
          <button type=\"submit\">Sign in</button></form>\
          <p class=\"hint\">An owner's token comes from <code>mandate owner token OWNER</code>; \
-         the administrator's from <code>admin.token</code> in the data directory.</p>"
+         the administrator's from <code>admin.token</code> in the data directory.</p>",
+        safe_next(next)
+            .map(|n| format!("<input type=\"hidden\" name=\"next\" value=\"{}\">", esc(n)))
+            .unwrap_or_default()
     );
     let mut r = html_response(status, page("Sign in", "", None, &body));
     let c = format!(
@@ -330,18 +351,20 @@ async fn login_page(
     State(s): State<AppState>,
     q: Result<Query<LoginQuery>, QueryRejection>,
 ) -> Response {
-    let error = q.ok().and_then(|Query(q)| q.error);
-    let error = error.as_deref().map(|e| match e {
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let error = q.error.as_deref().map(|e| match e {
         "expired" => "Your session ended; sign in again.",
         _ => "Sign in again.",
     });
-    login_form(&s, StatusCode::OK, error)
+    login_form(&s, StatusCode::OK, error, q.next.as_deref())
 }
 
 #[derive(Deserialize)]
 struct LoginForm {
     token: String,
     login_csrf: String,
+    #[serde(default)]
+    next: Option<String>,
 }
 
 async fn login(
@@ -361,6 +384,7 @@ async fn login(
             &s,
             StatusCode::FORBIDDEN,
             Some("The sign-in form expired or came from another site; try again."),
+            f.next.as_deref(),
         );
     }
     let token = f.token.trim();
@@ -369,6 +393,7 @@ async fn login(
             &s,
             StatusCode::UNAUTHORIZED,
             Some("That token is not valid."),
+            f.next.as_deref(),
         );
     }
     let principal = match s.broker.authenticate_person(Some(token)).await {
@@ -378,6 +403,7 @@ async fn login(
                 &s,
                 StatusCode::UNAUTHORIZED,
                 Some("That token is not valid."),
+                f.next.as_deref(),
             );
         }
     };
@@ -390,10 +416,12 @@ async fn login(
             &s,
             StatusCode::SERVICE_UNAVAILABLE,
             Some("Too many console sessions are open; try again later."),
+            f.next.as_deref(),
         );
     };
     tracing::info!(person = %principal.name(), "console sign-in");
-    let mut r = Redirect::to("/console/approvals").into_response();
+    let mut r =
+        Redirect::to(safe_next(f.next.as_deref()).unwrap_or("/console/approvals")).into_response();
     let c = format!(
         "{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{}",
         session::ABSOLUTE.as_secs(),
@@ -1229,6 +1257,335 @@ async fn reload_policies(
     }
     match s.broker.reload_policies_as(&user.principal).await {
         Ok(msg) => see_other("/console/policies", &msg),
+        Err(e) => error_page(&e, &user),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consent for interactive MCP hosts (the authorization-code grant)
+
+use mandate_broker::authcode::{AuthorizeError, AuthorizeRequest, CheckedAuthorize, Consent};
+
+/// The authorization request's parameters, carried through the consent form.
+const AUTHORIZE_PARAMS: [&str; 8] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+    "scope",
+    "resource",
+];
+
+fn authorize_request(pairs: &[(String, String)]) -> Result<AuthorizeRequest, String> {
+    let mut req = AuthorizeRequest::default();
+    for (k, v) in pairs {
+        let slot = match k.as_str() {
+            "response_type" => &mut req.response_type,
+            "client_id" => &mut req.client_id,
+            "redirect_uri" => &mut req.redirect_uri,
+            "state" => &mut req.state,
+            "code_challenge" => &mut req.code_challenge,
+            "code_challenge_method" => &mut req.code_challenge_method,
+            "scope" => &mut req.scope,
+            "resource" => &mut req.resource,
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(format!("parameter `{k}` is repeated"));
+        }
+        *slot = Some(v.clone());
+    }
+    Ok(req)
+}
+
+/// 303 to the client's redirect URI with `params`, the request's `state` and the issuer
+/// (RFC 9207).
+fn back_to_client(
+    s: &AppState,
+    redirect_uri: &str,
+    params: &[(&str, &str)],
+    state: Option<&str>,
+) -> Response {
+    let Ok(mut u) = url::Url::parse(redirect_uri) else {
+        return (StatusCode::BAD_REQUEST, "the redirect URI is not a URL").into_response();
+    };
+    {
+        let mut q = u.query_pairs_mut();
+        for (k, v) in params {
+            q.append_pair(k, v);
+        }
+        if let Some(st) = state {
+            q.append_pair("state", st);
+        }
+        q.append_pair("iss", &s.broker.config().issuer);
+    }
+    Redirect::to(u.as_str()).into_response()
+}
+
+fn authorize_failed(s: &AppState, e: AuthorizeError, user: Option<&User>) -> Response {
+    match e {
+        AuthorizeError::Show(m) => {
+            message_page(StatusCode::BAD_REQUEST, "Authorization refused", &m, user)
+        }
+        AuthorizeError::Redirect {
+            redirect_uri,
+            error,
+            description,
+            state,
+        } => back_to_client(
+            s,
+            &redirect_uri,
+            &[("error", error), ("error_description", &description)],
+            state.as_deref(),
+        ),
+    }
+}
+
+/// The CSP of the consent page: its form may end in a redirect to the client.
+fn consent_csp(redirect_uri: &str) -> String {
+    let origin = url::Url::parse(redirect_uri)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default();
+    CSP.replace(
+        "form-action 'self'",
+        &format!("form-action 'self' {origin}"),
+    )
+}
+
+async fn authorize_page(
+    State(s): State<AppState>,
+    user: Result<User, Response>,
+    uri: axum::http::Uri,
+) -> Response {
+    let query = uri.query().unwrap_or("");
+    let Ok(user) = user else {
+        let next = format!("/console/authorize?{query}");
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("next", &next)
+            .finish();
+        return Redirect::to(&format!("/console/login?{q}")).into_response();
+    };
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let req = match authorize_request(&pairs) {
+        Ok(r) => r,
+        Err(m) => {
+            return message_page(
+                StatusCode::BAD_REQUEST,
+                "Authorization refused",
+                &m,
+                Some(&user),
+            );
+        }
+    };
+    let checked = match s.broker.check_authorize(&req) {
+        Ok(c) => c,
+        Err(e) => return authorize_failed(&s, e, Some(&user)),
+    };
+    let agents = match s.broker.agents(&user.principal, Some(1)).await {
+        Ok(a) => a,
+        Err(e) => return error_page(&e, &user),
+    };
+    let body = consent_body(&s, &user, &req, &checked, &agents);
+    let mut r = html_response(
+        StatusCode::OK,
+        page("Allow an MCP host", "", Some(&user.viewer()), &body),
+    );
+    if let Ok(v) = HeaderValue::from_str(&consent_csp(&checked.redirect_uri)) {
+        r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    r
+}
+
+fn consent_body(
+    s: &AppState,
+    user: &User,
+    req: &AuthorizeRequest,
+    c: &CheckedAuthorize,
+    agents: &[mandate_broker::AgentView],
+) -> String {
+    let name = c.client.client_name.as_deref().unwrap_or("An MCP host");
+    let host = url::Url::parse(&c.redirect_uri)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default();
+    let active: Vec<_> = agents
+        .iter()
+        .filter(|a| a.agent.status == AgentStatus::Active)
+        .collect();
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        "<p class=\"consent\"><b>{}</b> (returning to <code>{}</code>) asks to act as one of your \
+         agents. What you allow here is a task: it ends when its time runs out, and you can revoke \
+         it from Tasks at any time.</p>",
+        esc(name),
+        esc(&host)
+    );
+    if active.is_empty() {
+        b.push_str(
+            "<p class=\"error\">You have no active agent this host could act as. Register one \
+             (<code>mandate agent add</code>) and try again.</p>",
+        );
+        return b;
+    }
+    b.push_str("<form method=\"post\" action=\"/console/authorize\" class=\"consent\">");
+    b.push_str(&csrf_field(&user.csrf));
+    for (k, v) in [
+        ("response_type", &req.response_type),
+        ("client_id", &req.client_id),
+        ("redirect_uri", &Some(c.redirect_uri.clone())),
+        ("state", &req.state),
+        ("code_challenge", &req.code_challenge),
+        ("code_challenge_method", &req.code_challenge_method),
+        ("scope", &req.scope),
+        ("resource", &req.resource),
+    ] {
+        if let Some(v) = v {
+            let _ = write!(
+                b,
+                "<input type=\"hidden\" name=\"{k}\" value=\"{}\">",
+                esc(v)
+            );
+        }
+    }
+    b.push_str("<label for=\"agent\">Act as agent</label><select id=\"agent\" name=\"agent\">");
+    for a in &active {
+        let _ = write!(
+            b,
+            "<option value=\"{id}\">{id} ({} tier; may do <code>{}</code>)</option>",
+            esc(a.agent.tier.as_str()),
+            esc_cut(&a.agent.envelope.to_string(), 120),
+            id = esc(a.agent.id.as_str())
+        );
+    }
+    b.push_str("</select>");
+    let _ = write!(
+        b,
+        "<label for=\"intent\">Intent</label><textarea id=\"intent\" name=\"intent\" rows=\"2\" \
+         maxlength=\"2000\" required>Work with {} through MCP</textarea>",
+        esc(name)
+    );
+    b.push_str("<fieldset><legend>What the host may do</legend>");
+    if c.scope.is_empty() {
+        b.push_str(
+            "<p class=\"hint\">The host asked for nothing in particular: name what it may do \
+             (e.g. <code>call:notes.search</code>).</p><input name=\"grant_text\" required \
+             aria-label=\"scope\">",
+        );
+    } else {
+        for t in c.scope.tokens() {
+            let _ = write!(
+                b,
+                "<label class=\"grant\"><input type=\"checkbox\" name=\"grant\" value=\"{v}\" checked> \
+                 <code>{v}</code></label>",
+                v = esc(&t)
+            );
+        }
+        b.push_str(
+            "<p class=\"hint\">Uncheck what it should not do. The agent's envelope and the \
+             policies in force bound it further.</p>",
+        );
+    }
+    b.push_str("</fieldset><label for=\"ttl\">For</label><select id=\"ttl\" name=\"ttl\">");
+    let max = s.broker.config().max_task_ttl;
+    for (secs, label) in [
+        (300, "5 minutes"),
+        (900, "15 minutes"),
+        (3600, "1 hour"),
+        (8 * 3600, "8 hours"),
+    ] {
+        if secs <= max {
+            let sel = if secs == 900 { " selected" } else { "" };
+            let _ = write!(b, "<option value=\"{secs}\"{sel}>{label}</option>");
+        }
+    }
+    b.push_str(
+        "</select><div class=\"buttons\"><button type=\"submit\" name=\"decision\" value=\"allow\" \
+         class=\"grant\">Allow</button><button type=\"submit\" name=\"decision\" value=\"deny\" \
+         class=\"deny\">Deny</button></div></form>",
+    );
+    b
+}
+
+fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+async fn authorize_decide(
+    State(s): State<AppState>,
+    user: User,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let Form(pairs) = match form {
+        Ok(f) => f,
+        Err(e) => return bad_form(&e, Some(&user)),
+    };
+    if let Some(r) = user.refusal(&s, &headers, field(&pairs, "csrf").unwrap_or("")) {
+        return r;
+    }
+    let known: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| AUTHORIZE_PARAMS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    let req = match authorize_request(&known) {
+        Ok(r) => r,
+        Err(m) => {
+            return message_page(
+                StatusCode::BAD_REQUEST,
+                "Authorization refused",
+                &m,
+                Some(&user),
+            );
+        }
+    };
+    let checked = match s.broker.check_authorize(&req) {
+        Ok(c) => c,
+        Err(e) => return authorize_failed(&s, e, Some(&user)),
+    };
+    if field(&pairs, "decision") != Some("allow") {
+        tracing::info!(person = %user.principal.name(), client_id = %checked.client.client_id, "authorization denied by the person");
+        return back_to_client(
+            &s,
+            &checked.redirect_uri,
+            &[
+                ("error", "access_denied"),
+                ("error_description", "the person refused"),
+            ],
+            checked.state.as_deref(),
+        );
+    }
+    let mut scope: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "grant")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if let Some(t) = field(&pairs, "grant_text") {
+        scope.extend(t.split_whitespace());
+    }
+    let ttl = field(&pairs, "ttl")
+        .and_then(|t| t.parse::<i64>().ok())
+        .unwrap_or(900);
+    let consent = Consent {
+        agent: field(&pairs, "agent").unwrap_or("").to_string(),
+        intent: field(&pairs, "intent").unwrap_or("").to_string(),
+        scope: scope.join(" "),
+        ttl,
+    };
+    match s.broker.consent(&user.principal, &checked, consent) {
+        Ok(code) => back_to_client(
+            &s,
+            &checked.redirect_uri,
+            &[("code", &code)],
+            checked.state.as_deref(),
+        ),
         Err(e) => error_page(&e, &user),
     }
 }
