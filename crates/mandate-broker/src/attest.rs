@@ -55,7 +55,11 @@ pub(crate) struct JwksCache {
 }
 
 impl Broker {
-    async fn external_jwks(&self, source: &str, force: bool) -> Result<Arc<Jwks>, String> {
+    pub(crate) async fn external_jwks(
+        &self,
+        source: &str,
+        force: bool,
+    ) -> Result<Arc<Jwks>, String> {
         let now = self.now();
         {
             let entries = self

@@ -50,6 +50,8 @@ pub struct BrokerConfig {
     pub approval_max_open_per_task: usize,
     /// Where approval requests are announced, if anywhere.
     pub webhook: Option<Webhook>,
+    /// The external OpenID provider people may sign in to the console with, if any.
+    pub oidc: Option<OidcProvider>,
     /// Whether audit records keep a call's arguments (otherwise only their digest).
     pub audit_arguments: bool,
     /// Days an owner's confirmation of an agent lasts; past it the agent opens no task until
@@ -110,6 +112,7 @@ impl BrokerConfig {
             approval_max_wait: 60,
             approval_max_open_per_task: 10,
             webhook: None,
+            oidc: None,
             audit_arguments: false,
             reconfirm_days: None,
             dormant_days: 30,
@@ -128,4 +131,18 @@ impl BrokerConfig {
     pub fn decide_endpoint(&self) -> String {
         format!("{}/v1/decide", self.issuer)
     }
+}
+
+/// An external OpenID Connect provider for console sign-in.
+#[derive(Clone, Debug)]
+pub struct OidcProvider {
+    /// Its issuer URL (discovery at `{issuer}/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// Mandate's client id there.
+    pub client_id: String,
+    /// Mandate's client secret there (`client_secret_basic`); `None` for a public client.
+    pub client_secret: Option<mandate_crypto::SecretString>,
+    /// Verified e-mail addresses that sign in as administrators. Any other verified address
+    /// signs in as the owner with that id, if there is one.
+    pub admins: Vec<String>,
 }

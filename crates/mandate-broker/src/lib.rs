@@ -21,6 +21,7 @@ mod error;
 mod governance;
 mod governance_report;
 mod oauth;
+pub mod oidc;
 pub mod plan;
 mod replication;
 mod report;
@@ -42,7 +43,7 @@ use mandate_store::{Op, Store};
 
 pub use admin::{Activity, AgentView, ApiTokenIssued, NewAgent, NewOwner, Principal};
 pub use attest::{ClientAuth, JWT_BEARER, JWT_SPIFFE};
-pub use config::{BrokerConfig, Webhook};
+pub use config::{BrokerConfig, OidcProvider, Webhook};
 pub use decide::{DecideInput, DecisionOutcome, DpopInput, PendingAudit, Target, TaskView};
 pub use error::{AdminError, DecideError, OAuthError};
 pub use governance::MAX_WINDOW_DAYS;
@@ -74,6 +75,7 @@ pub struct Broker {
     pub(crate) follower: replication::Follower,
     pub(crate) last_reload: std::sync::Mutex<Option<PolicyReload>>,
     pub(crate) authcodes: authcode::AuthCodes,
+    pub(crate) oidc_discovery: tokio::sync::Mutex<Option<oidc::Discovery>>,
     http: std::sync::OnceLock<reqwest::Client>,
 }
 
@@ -140,6 +142,7 @@ impl Broker {
             follower: Default::default(),
             last_reload: std::sync::Mutex::new(None),
             authcodes: Default::default(),
+            oidc_discovery: tokio::sync::Mutex::new(None),
             keys: ArcSwap::from_pointee(keys),
             http: std::sync::OnceLock::new(),
             cfg,

@@ -177,26 +177,34 @@ pub struct ExternalRules<'a> {
     pub leeway: i64,
 }
 
-/// Verifies an external JWT. A `kid` missing from `jwks` yields [`JwtError::UnknownKey`], so the
-/// caller can refresh the JWKS once and retry.
-pub fn verify_external(
-    token: &str,
-    jwks: &Jwks,
-    rules: &ExternalRules<'_>,
-) -> Result<VerifiedAssertion, JwtError> {
+/// Checks a JWT's signature against a key of `jwks` (by `kid`, else every key of its `alg`)
+/// and returns its claims.
+fn verify_with_jwks(token: &str, jwks: &Jwks) -> Result<serde_json::Map<String, Value>, JwtError> {
     let (header, _) = jws::header(token)?;
-    let raw = match &header.kid {
+    match &header.kid {
         Some(kid) => {
             let key = jwks
                 .by_kid
                 .get(kid)
                 .ok_or_else(|| JwtError::UnknownKey(kid.chars().take(64).collect()))?;
-            jws::verify(token, key)?
+            jws::verify(token, key)
         }
         None => {
             let mut found = None;
             let mut last = JwtError::UnknownKey("(none)".into());
-            for key in jwks.without_kid.iter().filter(|k| k.alg == header.alg) {
+            // A token without `kid` is checked against the keys without one, or against the
+            // set's only key (OpenID Connect Core 1.0 section 10.1: `kid` is required only
+            // when the set holds several).
+            let only = (jwks.len() == 1)
+                .then(|| jwks.by_kid.values())
+                .into_iter()
+                .flatten();
+            for key in jwks
+                .without_kid
+                .iter()
+                .chain(only)
+                .filter(|k| k.alg == header.alg)
+            {
                 match jws::verify(token, key) {
                     Ok(c) => {
                         found = Some(c);
@@ -205,9 +213,52 @@ pub fn verify_external(
                     Err(e) => last = e,
                 }
             }
-            found.ok_or(last)?
+            found.ok_or(last)
         }
-    };
+    }
+}
+
+/// Verifies an OpenID Connect ID token from `issuer` for the client `audience` (OpenID Connect
+/// Core 1.0 section 3.1.3.7): signature by a key of `jwks`, `iss`, `aud` (and `azp` when several
+/// audiences), `exp` and `iat`. Returns its claims; the caller checks `nonce` and what it maps.
+/// A `kid` missing from `jwks` yields [`JwtError::UnknownKey`].
+pub fn verify_id_token(
+    token: &str,
+    jwks: &Jwks,
+    issuer: &str,
+    audience: &str,
+    now: i64,
+    leeway: i64,
+) -> Result<serde_json::Map<String, Value>, JwtError> {
+    let raw = verify_with_jwks(token, jwks)?;
+    let c = Claims(&raw);
+    if c.str("iss")? != issuer {
+        return Err(JwtError::WrongIssuer(
+            c.str("iss")?.chars().take(128).collect(),
+        ));
+    }
+    c.audience_includes(&[audience])?;
+    if let Some(Value::Array(auds)) = raw.get("aud")
+        && auds.len() > 1
+        && c.opt_str("azp")? != Some(audience)
+    {
+        return Err(JwtError::Invalid(
+            "an ID token for several audiences must name this client in `azp`".into(),
+        ));
+    }
+    c.check_times(now, leeway)?;
+    c.int("iat")?;
+    Ok(raw)
+}
+
+/// Verifies an external JWT. A `kid` missing from `jwks` yields [`JwtError::UnknownKey`], so the
+/// caller can refresh the JWKS once and retry.
+pub fn verify_external(
+    token: &str,
+    jwks: &Jwks,
+    rules: &ExternalRules<'_>,
+) -> Result<VerifiedAssertion, JwtError> {
+    let raw = verify_with_jwks(token, jwks)?;
     let c = Claims(&raw);
     if c.str("iss")? != rules.issuer {
         return Err(JwtError::WrongIssuer(

@@ -38,6 +38,25 @@ struct RawConfig {
     gateway: Option<mandate_gateway::GatewayConfig>,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    console: RawConsole,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    oidc: Option<RawOidc>,
+}
+
+/// `[console.oidc]`: the OpenID provider people may sign in to the console with.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    issuer: String,
+    client_id: String,
+    client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    admins: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +197,8 @@ pub struct Settings {
     pub kek_env: Option<String>,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// The OpenID provider for console sign-in, if any.
+    pub oidc: Option<mandate_broker::OidcProvider>,
 }
 
 fn positive(name: &str, v: i64, max: i64) -> anyhow::Result<i64> {
@@ -267,6 +288,39 @@ impl Settings {
             }
             suspend.insert(tier, n);
         }
+        let oidc = match raw.console.oidc {
+            None => None,
+            Some(o) => {
+                let issuer = o.issuer.trim_end_matches('/').to_string();
+                let u = url::Url::parse(&issuer)
+                    .with_context(|| format!("`console.oidc.issuer` `{issuer}` is not a URL"))?;
+                let loopback = matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+                if u.scheme() != "https" && !(u.scheme() == "http" && loopback) {
+                    bail!("`console.oidc.issuer` must be https (http only on loopback)");
+                }
+                if o.client_id.is_empty() || o.client_id.len() > 256 {
+                    bail!("`console.oidc.client_id` must be 1 to 256 characters");
+                }
+                let secret = match (env("MANDATE_OIDC_CLIENT_SECRET"), o.client_secret_file) {
+                    (Some(s), _) => Some(s),
+                    (None, Some(f)) => Some(
+                        std::fs::read_to_string(&f)
+                            .with_context(|| {
+                                format!("cannot read OIDC client secret `{}`", f.display())
+                            })?
+                            .trim()
+                            .to_string(),
+                    ),
+                    (None, None) => None,
+                };
+                Some(mandate_broker::OidcProvider {
+                    issuer,
+                    client_id: o.client_id,
+                    client_secret: secret.map(mandate_crypto::SecretString::new),
+                    admins: o.admins,
+                })
+            }
+        };
         let a = raw.approvals;
         let webhook = match a.webhook_url {
             None => None,
@@ -369,6 +423,7 @@ impl Settings {
                 .clamp(0, 3600),
             log_level,
             log_format: raw.log.format.unwrap_or_default(),
+            oidc,
             data_dir,
         })
     }

@@ -80,6 +80,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     cfg.approval_max_wait = settings.approval_max_wait;
     cfg.approval_max_open_per_task = settings.approval_max_open_per_task;
     cfg.webhook = settings.webhook.clone();
+    cfg.oidc = settings.oidc.clone();
     cfg.reconfirm_days = settings.reconfirm_days;
     cfg.dormant_days = settings.dormant_days;
     cfg.activity_window_days = settings.activity_window_days;

@@ -37,6 +37,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use html::{Viewer, csrf_field, esc, esc_cut, page};
+use session::Credential;
 pub(crate) use session::Sessions;
 
 const COOKIE: &str = "mandate_console";
@@ -56,7 +57,20 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 pub(crate) struct Console {
     sessions: Sessions,
     streams: AtomicUsize,
+    /// Sign-ins with the OpenID provider between redirect and callback, by `state`.
+    oidc: std::sync::Mutex<std::collections::HashMap<String, OidcWait>>,
 }
+
+struct OidcWait {
+    pending: mandate_broker::oidc::OidcPending,
+    next: Option<String>,
+    started: std::time::Instant,
+}
+
+/// Most sign-ins waiting for the provider at once, and how long one may take.
+const MAX_OIDC_WAITING: usize = 1000;
+const OIDC_WAIT: Duration = Duration::from_secs(600);
+const OIDC_COOKIE: &str = "mandate_console_oidc";
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -69,6 +83,8 @@ pub(crate) fn routes() -> Router<AppState> {
             get(|| async { Redirect::to("/console/approvals") }),
         )
         .route("/console/login", get(login_page).post(login))
+        .route("/console/login/oidc", get(oidc_start))
+        .route("/console/oidc/callback", get(oidc_callback))
         .route("/console/logout", post(logout))
         .route("/console/assets/console.css", get(css))
         .route("/console/assets/console.js", get(js))
@@ -260,17 +276,25 @@ impl FromRequestParts<AppState> for User {
         let Some(id) = cookie(&parts.headers, COOKIE) else {
             return Err(refused());
         };
-        let Some((token, csrf)) = s.console.sessions.get(id) else {
+        let Some((cred, csrf)) = s.console.sessions.get(id) else {
             return Err(refused());
         };
-        match s.broker.authenticate_person(Some(token.expose())).await {
+        match authenticate(s, &cred).await {
             Ok(principal) => Ok(User { principal, csrf }),
             Err(_) => {
-                // The token was revoked or expired: the session ends with it.
+                // The token was revoked or expired, or the owner removed: the session ends.
                 s.console.sessions.remove(id);
                 Err(refused())
             }
         }
+    }
+}
+
+/// The person behind a session's credential, checked now.
+async fn authenticate(s: &AppState, cred: &Credential) -> Result<Principal, AdminError> {
+    match cred {
+        Credential::Token(t) => s.broker.authenticate_person(Some(t.expose())).await,
+        Credential::Person(p) => s.broker.recheck_person(p).map(|()| p.clone()),
     }
 }
 
@@ -336,6 +360,17 @@ fn login_form(
             .map(|n| format!("<input type=\"hidden\" name=\"next\" value=\"{}\">", esc(n)))
             .unwrap_or_default()
     );
+    if let Some(issuer) = s.broker.oidc_issuer() {
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("next", safe_next(next).unwrap_or(""))
+            .finish();
+        let _ = write!(
+            body,
+            "<p class=\"oidc\"><a class=\"button\" href=\"/console/login/oidc?{}\">Sign in with {}</a></p>",
+            esc(&q),
+            esc(issuer)
+        );
+    }
     let mut r = html_response(status, page("Sign in", "", None, &body));
     let c = format!(
         "{LOGIN_COOKIE}={nonce}; Path=/console/login; HttpOnly; SameSite=Strict; Max-Age=600{}",
@@ -410,7 +445,7 @@ async fn login(
     let Some(id) = s
         .console
         .sessions
-        .create(SecretString::new(token.to_string()))
+        .create(Credential::Token(SecretString::new(token.to_string())))
     else {
         return login_form(
             &s,
@@ -467,6 +502,168 @@ async fn logout(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Sign-in with the OpenID provider
+
+async fn oidc_start(
+    State(s): State<AppState>,
+    q: Result<Query<LoginQuery>, QueryRejection>,
+) -> Response {
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let redirect_uri = format!("{}/console/oidc/callback", s.broker.config().issuer);
+    let (url, pending) = match s.broker.oidc_begin(&redirect_uri).await {
+        Ok(x) => x,
+        Err(e) => {
+            return message_page(
+                admin_status(&e),
+                "Sign-in unavailable",
+                &e.to_string(),
+                None,
+            );
+        }
+    };
+    let state = pending.state.clone();
+    {
+        let mut m = s
+            .console
+            .oidc
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.retain(|_, w| w.started.elapsed() < OIDC_WAIT);
+        if m.len() >= MAX_OIDC_WAITING {
+            return message_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in unavailable",
+                "Too many sign-ins are in progress; try again shortly.",
+                None,
+            );
+        }
+        m.insert(
+            state.clone(),
+            OidcWait {
+                pending,
+                next: safe_next(q.next.as_deref()).map(str::to_string),
+                started: std::time::Instant::now(),
+            },
+        );
+    }
+    let mut r = Redirect::to(&url).into_response();
+    // Lax: the provider sends the browser back with a cross-site redirect. The cookie ties the
+    // callback to this browser (no sign-in of someone else's code into this session).
+    let c = format!(
+        "{OIDC_COOKIE}={state}; Path=/console/oidc; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        OIDC_WAIT.as_secs(),
+        secure_attr(&s)
+    );
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+#[derive(Deserialize, Default)]
+struct CallbackQuery {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+async fn oidc_callback(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<CallbackQuery>, QueryRejection>,
+) -> Response {
+    let fail = |status: StatusCode, text: &str| {
+        let mut r = login_form(&s, status, Some(text), None);
+        let clear = format!("{OIDC_COOKIE}=; Path=/console/oidc; Max-Age=0");
+        if let Ok(v) = HeaderValue::from_str(&clear) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+        r
+    };
+    let Ok(Query(q)) = q else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "The sign-in provider's answer is malformed.",
+        );
+    };
+    let state = q.state.unwrap_or_default();
+    let bound =
+        cookie(&headers, OIDC_COOKIE).is_some_and(|c| mandate_crypto::secret::ct_eq(c, &state));
+    let wait = s
+        .console
+        .oidc
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(&state);
+    let (Some(wait), true) = (wait, bound) else {
+        return fail(
+            StatusCode::FORBIDDEN,
+            "This sign-in was not started in this browser, or it expired; try again.",
+        );
+    };
+    if wait.started.elapsed() >= OIDC_WAIT {
+        return fail(StatusCode::FORBIDDEN, "This sign-in expired; try again.");
+    }
+    if let Some(e) = q.error {
+        let d = q.error_description.unwrap_or_default();
+        return fail(
+            StatusCode::UNAUTHORIZED,
+            &format!(
+                "The sign-in provider refused: {} {}",
+                e.chars().take(64).collect::<String>(),
+                d.chars().take(200).collect::<String>()
+            ),
+        );
+    }
+    let Some(code) = q.code.filter(|c| !c.is_empty() && c.len() <= 2048) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "The sign-in provider sent no code.",
+        );
+    };
+    let principal = match s.broker.oidc_complete(&wait.pending, &code).await {
+        Ok(p) => p,
+        Err(e) => return fail(admin_status(&e), &e.to_string()),
+    };
+    tracing::info!(person = %principal.name(), "console sign-in with the OpenID provider");
+    let Some(id) = s.console.sessions.create(Credential::Person(principal)) else {
+        return fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many console sessions are open; try again later.",
+        );
+    };
+    let next = wait.next.unwrap_or_else(|| "/console/approvals".into());
+    // A page of this origin moves on, so the SameSite=Strict session cookie goes with the next
+    // request (a redirect chain that began at the provider would not carry it).
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"0;url={}\"><title>Signed in · Mandate</title></head>\
+         <body><p>Signed in. <a href=\"{}\">Continue</a></p></body></html>",
+        esc(&next),
+        esc(&next)
+    );
+    let mut r = html_response(StatusCode::OK, body);
+    for c in [
+        format!(
+            "{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{}",
+            session::ABSOLUTE.as_secs(),
+            secure_attr(&s)
+        ),
+        format!("{OIDC_COOKIE}=; Path=/console/oidc; Max-Age=0"),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
 // Live updates
 
 /// What the live lists show, reduced to what decides whether they must be redrawn.
@@ -509,15 +706,10 @@ async fn events(State(s): State<AppState>, user: User, headers: HeaderMap) -> Re
                 () = tx.closed() => break,
                 _ = tick.tick() => {}
             }
-            let Some((token, _)) = st.console.sessions.get(&session) else {
+            let Some((cred, _)) = st.console.sessions.get(&session) else {
                 break;
             };
-            if st
-                .broker
-                .authenticate_person(Some(token.expose()))
-                .await
-                .is_err()
-            {
+            if authenticate(&st, &cred).await.is_err() {
                 break;
             }
             let now = fingerprints(&st, &user.principal).await;

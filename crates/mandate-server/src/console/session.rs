@@ -21,10 +21,27 @@ pub(crate) const MAX_SESSIONS: usize = 10_000;
 /// Longest session id or CSRF token accepted (both are 43 characters).
 pub(crate) const MAX_ID: usize = 64;
 
+/// How a person signed in.
+pub(crate) enum Credential {
+    /// With an API token, checked again on every request.
+    Token(SecretString),
+    /// Through the OpenID provider: the person it named (an owner must still exist).
+    Person(mandate_broker::Principal),
+}
+
+impl Credential {
+    fn copy(&self) -> Credential {
+        match self {
+            Credential::Token(t) => Credential::Token(SecretString::new(t.expose().to_string())),
+            Credential::Person(p) => Credential::Person(p.clone()),
+        }
+    }
+}
+
 /// One signed-in person.
 pub(crate) struct Session {
-    /// The API token the person signed in with.
-    pub token: SecretString,
+    /// How they signed in.
+    pub cred: Credential,
     /// The token every form of this session must carry.
     pub csrf: String,
     created: Instant,
@@ -50,7 +67,7 @@ fn key(id: &str) -> [u8; 32] {
 
 impl Sessions {
     /// Starts a session for `token`; returns its id, or `None` when the server holds too many.
-    pub(crate) fn create(&self, token: SecretString) -> Option<String> {
+    pub(crate) fn create(&self, cred: Credential) -> Option<String> {
         let now = Instant::now();
         let mut m = self
             .inner
@@ -66,7 +83,7 @@ impl Sessions {
         m.insert(
             key(&id),
             Session {
-                token,
+                cred,
                 csrf: random_token(),
                 created: now,
                 seen: now,
@@ -75,8 +92,9 @@ impl Sessions {
         Some(id)
     }
 
-    /// The session's token and CSRF token, when `id` names a live session (and marks it used).
-    pub(crate) fn get(&self, id: &str) -> Option<(SecretString, String)> {
+    /// The session's credential and CSRF token, when `id` names a live session (and marks it
+    /// used).
+    pub(crate) fn get(&self, id: &str) -> Option<(Credential, String)> {
         if id.len() > MAX_ID {
             return None;
         }
@@ -89,10 +107,7 @@ impl Sessions {
         match m.get_mut(&k) {
             Some(s) if live(s, now) => {
                 s.seen = now;
-                Some((
-                    SecretString::new(s.token.expose().to_string()),
-                    s.csrf.clone(),
-                ))
+                Some((s.cred.copy(), s.csrf.clone()))
             }
             Some(_) => {
                 m.remove(&k);
@@ -124,12 +139,12 @@ mod tests {
     fn a_session_is_found_by_its_id_only() {
         let s = Sessions::default();
         let id = s
-            .create(SecretString::new("tok".into()))
+            .create(Credential::Token(SecretString::new("tok".into())))
             .unwrap_or_default();
         assert_eq!(id.len(), 43);
-        let (tok, csrf) = s
-            .get(&id)
-            .unwrap_or_else(|| (SecretString::new(String::new()), String::new()));
+        let Some((Credential::Token(tok), csrf)) = s.get(&id) else {
+            panic!("the session was not found");
+        };
         assert_eq!(tok.expose(), "tok");
         assert_eq!(csrf.len(), 43);
         assert!(s.get("not-a-session").is_none());
