@@ -249,6 +249,10 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
             "try: mandate --data-dir {} audit trace {task_id}",
             path.display()
         );
+        println!(
+            "or serve it (mandate serve --data-dir {0}) and open http://127.0.0.1:8080/console, signing in with the token in {0}/admin.token",
+            path.display()
+        );
     }
     println!("\ndone.");
     Ok(())

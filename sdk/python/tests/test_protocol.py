@@ -64,11 +64,13 @@ def task(identifiers: dict[str, list[str]], **kw) -> list[dict]:
 def test_metadata_and_jwks(server):
     meta = httpx2.get(server.url + "/.well-known/oauth-authorization-server").json()
     assert meta["issuer"] == server.url and meta["token_endpoint"] == server.url + "/oauth/token"
-    assert meta["grant_types_supported"] == ["client_credentials", EXCHANGE]
+    assert meta["grant_types_supported"] == ["client_credentials", EXCHANGE, "authorization_code"]
     assert meta["authorization_details_types_supported"] == ["mandate_task"]
     jwks = httpx2.get(meta["jwks_uri"])
     assert jwks.headers["cache-control"] == "max-age=60" and jwks.json()["keys"][0]["alg"] == "EdDSA"
-    assert httpx2.get(server.url + "/oauth/authorize").json()["error"] == "unsupported_response_type"
+    # The authorization endpoint (interactive MCP hosts) hands over to the console's consent.
+    r = httpx2.get(server.url + "/oauth/authorize?response_type=code", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/console/authorize?response_type=code"
 
 
 def test_token_request_and_refusals(server, register):
