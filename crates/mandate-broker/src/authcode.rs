@@ -18,7 +18,6 @@ use std::sync::Mutex;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mandate_core::{AgentStatus, Intent, Scope, Timestamp};
-use mandate_crypto::dpop::{DpopExpectation, verify_dpop};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -501,35 +500,9 @@ impl Broker {
         if agent.status == AgentStatus::Suspended {
             return Err(invalid("the agent is suspended"));
         }
-        let mut once = Vec::new();
-        let jkt = match dpop {
-            Some(proof) => {
-                let endpoint = self.cfg.token_endpoint();
-                let want = DpopExpectation {
-                    method: "POST",
-                    url: &endpoint,
-                    access_token: None,
-                    now: now.as_secs(),
-                    max_age: self.cfg.dpop_max_age,
-                };
-                let p = verify_dpop(proof, &want).map_err(|e| {
-                    OAuthError::InvalidDpopProof(format!("dpop proof refused: {e}"))
-                })?;
-                self.binding_key_allowed(&agent, &p.jkt)
-                    .map_err(OAuthError::InvalidDpopProof)?;
-                once.push((
-                    format!("dpop:{}:{}", p.jkt, p.jti),
-                    Timestamp::from_secs(p.iat + self.cfg.dpop_max_age + self.cfg.leeway),
-                ));
-                Some(p.jkt)
-            }
-            None if self.cfg.dpop_required.contains(&agent.tier) => {
-                return Err(OAuthError::InvalidDpopProof(format!(
-                    "{}-tier agents must bind their credential with a DPoP proof; this host sent none",
-                    agent.tier
-                )));
-            }
-            None => None,
+        let (jkt, once) = match self.token_dpop(&agent, dpop, now)? {
+            Some((jkt, spent)) => (Some(jkt), vec![spent]),
+            None => (None, Vec::new()),
         };
         let ask = TaskAsk {
             intent: c.intent,

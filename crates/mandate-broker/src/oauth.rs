@@ -106,6 +106,9 @@ struct TaskDetails {
     values: Vec<String>,
 }
 
+/// A one-time value (an assertion or DPoP `jti`) and when it may be forgotten.
+pub(crate) type OnceValue = (String, Timestamp);
+
 /// The writes that spend one-time values (assertion and DPoP `jti`s); a second use conflicts.
 pub(crate) fn once_ops(once: &[(String, Timestamp)]) -> Vec<Op> {
     once.iter()
@@ -333,45 +336,55 @@ impl Broker {
         };
         let now = self.now();
         // Proof of possession: the credential will be bound to the key that signed this proof.
-        let jkt = match &req.dpop {
-            Some(proof) => {
-                let endpoint = self.cfg.token_endpoint();
-                let want = DpopExpectation {
-                    method: "POST",
-                    url: &endpoint,
-                    access_token: None,
-                    now: now.as_secs(),
-                    max_age: self.cfg.dpop_max_age,
-                };
-                match verify_dpop(proof, &want)
-                    .map_err(|e| format!("dpop proof refused: {e}"))
-                    .and_then(|p| self.binding_key_allowed(&agent, &p.jkt).map(|()| p))
-                {
-                    Ok(p) => {
-                        once.push((
-                            format!("dpop:{}:{}", p.jkt, p.jti),
-                            Timestamp::from_secs(p.iat + self.cfg.dpop_max_age + self.cfg.leeway),
-                        ));
-                        Some(p.jkt)
-                    }
-                    Err(e) => {
-                        let e = OAuthError::InvalidDpopProof(e);
-                        self.spend(&agent, &once, &e.to_string()).await?;
-                        return Err(e);
-                    }
-                }
+        let jkt = match self.token_dpop(&agent, req.dpop.as_deref(), now) {
+            Ok(Some((jkt, spent))) => {
+                once.push(spent);
+                Some(jkt)
             }
-            None if self.cfg.dpop_required.contains(&agent.tier) => {
-                let e = OAuthError::InvalidDpopProof(format!(
-                    "{}-tier agents must send a DPoP proof to bind their credential",
-                    agent.tier
-                ));
+            Ok(None) => None,
+            Err(e) => {
                 self.spend(&agent, &once, &e.to_string()).await?;
                 return Err(e);
             }
-            None => None,
         };
         self.issue_task(agent, ask, jkt, &once, None).await
+    }
+
+    /// Checks the DPoP proof sent to the token endpoint for a credential of `agent`: the key
+    /// it binds to and the one-time value it spends, or `None` without a proof where the
+    /// agent's tier allows it.
+    pub(crate) fn token_dpop(
+        &self,
+        agent: &Agent,
+        proof: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Option<(String, OnceValue)>, OAuthError> {
+        let Some(proof) = proof else {
+            if self.cfg.dpop_required.contains(&agent.tier) {
+                return Err(OAuthError::InvalidDpopProof(format!(
+                    "{}-tier agents must send a DPoP proof to bind their credential",
+                    agent.tier
+                )));
+            }
+            return Ok(None);
+        };
+        let endpoint = self.cfg.token_endpoint();
+        let want = DpopExpectation {
+            method: "POST",
+            url: &endpoint,
+            access_token: None,
+            now: now.as_secs(),
+            max_age: self.cfg.dpop_max_age,
+        };
+        let p = verify_dpop(proof, &want)
+            .map_err(|e| OAuthError::InvalidDpopProof(format!("dpop proof refused: {e}")))?;
+        self.binding_key_allowed(agent, &p.jkt)
+            .map_err(OAuthError::InvalidDpopProof)?;
+        let spent = (
+            format!("dpop:{}:{}", p.jkt, p.jti),
+            Timestamp::from_secs(p.iat + self.cfg.dpop_max_age + self.cfg.leeway),
+        );
+        Ok(Some((p.jkt, spent)))
     }
 
     /// Admits (or refuses) the task `ask` describes for `agent` and issues its credential,

@@ -52,6 +52,13 @@ impl Broker {
         self.cfg.oidc.as_ref().map(|o| o.issuer.as_str())
     }
 
+    fn oidc_config(&self) -> Result<&crate::OidcProvider, AdminError> {
+        self.cfg
+            .oidc
+            .as_ref()
+            .ok_or_else(|| AdminError::NotFound("no sign-in provider is configured".into()))
+    }
+
     async fn get_limited(
         &self,
         req: reqwest::RequestBuilder,
@@ -89,11 +96,7 @@ impl Broker {
     }
 
     async fn discovery(&self) -> Result<Discovery, AdminError> {
-        let cfg = self
-            .cfg
-            .oidc
-            .as_ref()
-            .ok_or_else(|| AdminError::NotFound("no sign-in provider is configured".into()))?;
+        let cfg = self.oidc_config()?;
         let mut cached = self.oidc_discovery.lock().await;
         if let Some(d) = cached.as_ref() {
             return Ok(d.clone());
@@ -127,11 +130,7 @@ impl Broker {
         redirect_uri: &str,
     ) -> Result<(String, OidcPending), AdminError> {
         let d = self.discovery().await?;
-        let cfg = self
-            .cfg
-            .oidc
-            .as_ref()
-            .ok_or_else(|| AdminError::NotFound("no sign-in provider is configured".into()))?;
+        let cfg = self.oidc_config()?;
         let pending = OidcPending {
             state: random(),
             nonce: random(),
@@ -163,11 +162,7 @@ impl Broker {
         code: &str,
     ) -> Result<Principal, AdminError> {
         let d = self.discovery().await?;
-        let cfg = self
-            .cfg
-            .oidc
-            .as_ref()
-            .ok_or_else(|| AdminError::NotFound("no sign-in provider is configured".into()))?;
+        let cfg = self.oidc_config()?;
         let refused = |m: String| AdminError::Unauthenticated(m);
         let client = self.http_client().map_err(unavailable)?;
         let mut req = client.post(&d.token_endpoint).form(&[

@@ -1492,6 +1492,33 @@ fn authorize_request(pairs: &[(String, String)]) -> Result<AuthorizeRequest, Str
     Ok(req)
 }
 
+/// The authorization request among `pairs` (other fields are ignored), checked; or the page
+/// or redirect that refuses it.
+fn checked_authorize(
+    s: &AppState,
+    user: &User,
+    pairs: &[(String, String)],
+) -> Result<(AuthorizeRequest, CheckedAuthorize), Box<Response>> {
+    let known: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| AUTHORIZE_PARAMS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    let req = authorize_request(&known).map_err(|m| {
+        message_page(
+            StatusCode::BAD_REQUEST,
+            "Authorization refused",
+            &m,
+            Some(user),
+        )
+    })?;
+    let checked = s
+        .broker
+        .check_authorize(&req)
+        .map_err(|e| Box::new(authorize_failed(s, e, Some(user))))?;
+    Ok((req, checked))
+}
+
 /// 303 to the client's redirect URI with `params`, the request's `state` and the issuer
 /// (RFC 9207).
 fn back_to_client(
@@ -1562,20 +1589,9 @@ async fn authorize_page(
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
-    let req = match authorize_request(&pairs) {
-        Ok(r) => r,
-        Err(m) => {
-            return message_page(
-                StatusCode::BAD_REQUEST,
-                "Authorization refused",
-                &m,
-                Some(&user),
-            );
-        }
-    };
-    let checked = match s.broker.check_authorize(&req) {
-        Ok(c) => c,
-        Err(e) => return authorize_failed(&s, e, Some(&user)),
+    let (req, checked) = match checked_authorize(&s, &user, &pairs) {
+        Ok(x) => x,
+        Err(r) => return *r,
     };
     let agents = match s.broker.agents(&user.principal, Some(1)).await {
         Ok(a) => a,
@@ -1722,25 +1738,9 @@ async fn authorize_decide(
     if let Some(r) = user.refusal(&s, &headers, field(&pairs, "csrf").unwrap_or("")) {
         return r;
     }
-    let known: Vec<(String, String)> = pairs
-        .iter()
-        .filter(|(k, _)| AUTHORIZE_PARAMS.contains(&k.as_str()))
-        .cloned()
-        .collect();
-    let req = match authorize_request(&known) {
-        Ok(r) => r,
-        Err(m) => {
-            return message_page(
-                StatusCode::BAD_REQUEST,
-                "Authorization refused",
-                &m,
-                Some(&user),
-            );
-        }
-    };
-    let checked = match s.broker.check_authorize(&req) {
-        Ok(c) => c,
-        Err(e) => return authorize_failed(&s, e, Some(&user)),
+    let (_, checked) = match checked_authorize(&s, &user, &pairs) {
+        Ok(x) => x,
+        Err(r) => return *r,
     };
     if field(&pairs, "decision") != Some("allow") {
         tracing::info!(person = %user.principal.name(), client_id = %checked.client.client_id, "authorization denied by the person");
