@@ -30,6 +30,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use mandate_broker::authcode::{AuthorizeError, AuthorizeRequest, CheckedAuthorize, Consent};
 use mandate_broker::{AdminError, Principal};
 use mandate_core::{AgentStatus, Task, TaskId, TaskState};
 use mandate_crypto::SecretString;
@@ -1455,8 +1456,6 @@ async fn reload_policies(
 
 // ---------------------------------------------------------------------------------------------
 // Consent for interactive MCP hosts (the authorization-code grant)
-
-use mandate_broker::authcode::{AuthorizeError, AuthorizeRequest, CheckedAuthorize, Consent};
 
 /// The authorization request's parameters, carried through the consent form.
 const AUTHORIZE_PARAMS: [&str; 8] = [
