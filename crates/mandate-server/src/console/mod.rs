@@ -257,6 +257,42 @@ impl User {
     }
 }
 
+/// The form of every state change: the session's CSRF token, and a comment or reason where the
+/// action takes one.
+#[derive(Deserialize)]
+struct ChangeForm {
+    csrf: String,
+    #[serde(default)]
+    note: String,
+    #[serde(default)]
+    reason: String,
+}
+
+impl User {
+    /// A state change's form, parsed, from this session and the console's origin, its texts
+    /// within [`MAX_NOTE`]; or the page refusing it.
+    fn accept(
+        &self,
+        s: &AppState,
+        headers: &HeaderMap,
+        form: Result<Form<ChangeForm>, FormRejection>,
+    ) -> Result<ChangeForm, Box<Response>> {
+        let Form(f) = form.map_err(|e| Box::new(bad_form(&e, Some(self))))?;
+        if let Some(r) = self.refusal(s, headers, &f.csrf) {
+            return Err(Box::new(r));
+        }
+        if f.note.len() > MAX_NOTE || f.reason.len() > MAX_NOTE {
+            return Err(Box::new(message_page(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "The comment or reason is too long.",
+                Some(self),
+            )));
+        }
+        Ok(f)
+    }
+}
+
 impl FromRequestParts<AppState> for User {
     type Rejection = Response;
 
@@ -473,23 +509,14 @@ async fn login(
     r
 }
 
-#[derive(Deserialize)]
-struct CsrfForm {
-    csrf: String,
-}
-
 async fn logout(
     State(s): State<AppState>,
     user: User,
     headers: HeaderMap,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    form: Result<Form<ChangeForm>, FormRejection>,
 ) -> Response {
-    let Form(f) = match form {
-        Ok(f) => f,
-        Err(e) => return bad_form(&e, Some(&user)),
-    };
-    if let Some(r) = user.refusal(&s, &headers, &f.csrf) {
-        return r;
+    if let Err(r) = user.accept(&s, &headers, form) {
+        return *r;
     }
     if let Some(id) = cookie(&headers, COOKIE) {
         s.console.sessions.remove(id);
@@ -866,13 +893,6 @@ async fn approvals_fragment(State(s): State<AppState>, user: User) -> Response {
     }
 }
 
-#[derive(Deserialize)]
-struct NoteForm {
-    csrf: String,
-    #[serde(default)]
-    note: String,
-}
-
 fn note(n: &str) -> Option<String> {
     let n = n.trim();
     (!n.is_empty()).then(|| n.to_string())
@@ -883,15 +903,12 @@ async fn decide_approval(
     user: User,
     headers: HeaderMap,
     Path((id, verdict)): Path<(String, String)>,
-    form: Result<Form<NoteForm>, FormRejection>,
+    form: Result<Form<ChangeForm>, FormRejection>,
 ) -> Response {
-    let Form(f) = match form {
+    let f = match user.accept(&s, &headers, form) {
         Ok(f) => f,
-        Err(e) => return bad_form(&e, Some(&user)),
+        Err(r) => return *r,
     };
-    if let Some(r) = user.refusal(&s, &headers, &f.csrf) {
-        return r;
-    }
     let grant = match verdict.as_str() {
         "grant" => true,
         "deny" => false,
@@ -904,14 +921,6 @@ async fn decide_approval(
             );
         }
     };
-    if f.note.len() > MAX_NOTE {
-        return message_page(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            "The comment is too long.",
-            Some(&user),
-        );
-    }
     match s
         .broker
         .decide_approval(&user.principal, &id, grant, note(&f.note))
@@ -1080,35 +1089,17 @@ async fn tasks_fragment(State(s): State<AppState>, user: User) -> Response {
     }
 }
 
-#[derive(Deserialize)]
-struct ReasonForm {
-    csrf: String,
-    #[serde(default)]
-    reason: String,
-}
-
 async fn revoke_task(
     State(s): State<AppState>,
     user: User,
     headers: HeaderMap,
     Path(id): Path<String>,
-    form: Result<Form<ReasonForm>, FormRejection>,
+    form: Result<Form<ChangeForm>, FormRejection>,
 ) -> Response {
-    let Form(f) = match form {
+    let f = match user.accept(&s, &headers, form) {
         Ok(f) => f,
-        Err(e) => return bad_form(&e, Some(&user)),
+        Err(r) => return *r,
     };
-    if let Some(r) = user.refusal(&s, &headers, &f.csrf) {
-        return r;
-    }
-    if f.reason.len() > MAX_NOTE {
-        return message_page(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            "The reason is too long.",
-            Some(&user),
-        );
-    }
     match s
         .broker
         .revoke_task(&user.principal, &id, note(&f.reason))
@@ -1319,23 +1310,12 @@ async fn agent_action(
     user: User,
     headers: HeaderMap,
     Path((id, verb)): Path<(String, String)>,
-    form: Result<Form<ReasonForm>, FormRejection>,
+    form: Result<Form<ChangeForm>, FormRejection>,
 ) -> Response {
-    let Form(f) = match form {
+    let f = match user.accept(&s, &headers, form) {
         Ok(f) => f,
-        Err(e) => return bad_form(&e, Some(&user)),
+        Err(r) => return *r,
     };
-    if let Some(r) = user.refusal(&s, &headers, &f.csrf) {
-        return r;
-    }
-    if f.reason.len() > MAX_NOTE {
-        return message_page(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            "The reason is too long.",
-            Some(&user),
-        );
-    }
     let r = match verb.as_str() {
         "suspend" => s
             .broker
@@ -1439,14 +1419,10 @@ async fn reload_policies(
     State(s): State<AppState>,
     user: User,
     headers: HeaderMap,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    form: Result<Form<ChangeForm>, FormRejection>,
 ) -> Response {
-    let Form(f) = match form {
-        Ok(f) => f,
-        Err(e) => return bad_form(&e, Some(&user)),
-    };
-    if let Some(r) = user.refusal(&s, &headers, &f.csrf) {
-        return r;
+    if let Err(r) = user.accept(&s, &headers, form) {
+        return *r;
     }
     match s.broker.reload_policies_as(&user.principal).await {
         Ok(msg) => see_other("/console/policies", &msg),
@@ -1578,6 +1554,14 @@ async fn authorize_page(
     uri: axum::http::Uri,
 ) -> Response {
     let query = uri.query().unwrap_or("");
+    if query.len() > 8 * 1024 {
+        return message_page(
+            StatusCode::BAD_REQUEST,
+            "Authorization refused",
+            "The authorization request is longer than 8 KiB.",
+            None,
+        );
+    }
     let Ok(user) = user else {
         let next = format!("/console/authorize?{query}");
         let q: String = url::form_urlencoded::Serializer::new(String::new())
