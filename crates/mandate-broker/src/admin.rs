@@ -158,8 +158,13 @@ pub struct AgentView {
     /// Governance flags: `orphaned`, `suspended`, `dormant`, `wide-envelope`, `unconfirmed`,
     /// `standing-privilege`.
     pub flags: Vec<String>,
-    /// Live credentials that outlive what policy allows now. Always 0 when Mandate works.
+    /// Live credentials that outlive what policy allows now, and open downstream leases whose
+    /// task is no longer live. Always 0 when Mandate works.
     pub standing_privilege: u64,
+    /// Open downstream leases (per-task database roles, certificates, tokens); filled in by
+    /// the governance view.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<crate::leases::LeaseView>,
     /// Envelope entries that reach `high`-risk write targets of the catalog.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub high_risk_writes: Vec<String>,
@@ -664,6 +669,7 @@ impl Broker {
             active_tasks: active,
             flags,
             standing_privilege,
+            leases: Vec::new(),
             high_risk_writes,
             confirmation_due,
             activity: None,

@@ -65,6 +65,8 @@ pub struct BrokerConfig {
     pub follow_interval_ms: u64,
     /// Longest a replica keeps deciding without having read the shared log, in milliseconds.
     pub max_staleness_ms: i64,
+    /// Dynamic credentials (`[[credentials]]`): per-task downstream roles, certificates, tokens.
+    pub credentials: Vec<crate::leases::Credential>,
 }
 
 /// A webhook: JSON POSTs signed with HMAC-SHA256 (`X-Mandate-Signature: sha256=<hex>`).
@@ -119,6 +121,7 @@ impl BrokerConfig {
             activity_window_days: 7,
             follow_interval_ms: crate::replication::DEFAULT_FOLLOW_INTERVAL_MS,
             max_staleness_ms: crate::replication::DEFAULT_MAX_STALENESS_MS,
+            credentials: Vec::new(),
         }
     }
 

@@ -128,3 +128,23 @@ impl From<mandate_store::StoreError> for AdminError {
         }
     }
 }
+
+/// Errors of fetching a per-task downstream credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    /// The task credential was refused.
+    #[error("{0}")]
+    Token(DecideError),
+    /// No such credential is configured.
+    #[error("{0}")]
+    NotFound(String),
+    /// The task's scope earns nothing of this credential.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The task is no longer active.
+    #[error("{0}")]
+    TaskEnded(String),
+    /// The credential could not be made (downstream or store failure); nothing is left behind.
+    #[error("{0}")]
+    Unavailable(String),
+}

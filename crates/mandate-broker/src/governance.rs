@@ -87,7 +87,28 @@ impl Broker {
             .map(|a| (a.agent.clone(), a))
             .collect();
         let dormant_before = Timestamp(now.0 - self.cfg.dormant_days.saturating_mul(DAY_MS));
+        let open_leases = self
+            .store
+            .leases(&mandate_store::LeaseFilter {
+                open: true,
+                limit: Some(10_000),
+                ..Default::default()
+            })
+            .await?;
+        let outliving = self.leases_outliving_tasks().await?;
         for v in &mut views {
+            v.leases = open_leases
+                .iter()
+                .filter(|l| l.agent == v.agent.id)
+                .map(crate::leases::LeaseView::from)
+                .collect();
+            let stale = outliving.iter().filter(|l| l.agent == v.agent.id).count();
+            if stale > 0 {
+                v.standing_privilege += u64::try_from(stale).unwrap_or(u64::MAX);
+                if !v.flags.iter().any(|f| f == "standing-privilege") {
+                    v.flags.push("standing-privilege".into());
+                }
+            }
             let a = activity.get(&v.agent.id);
             let last_task = a.and_then(|a| a.last_task);
             if last_task.unwrap_or(v.agent.created_at) < dormant_before {

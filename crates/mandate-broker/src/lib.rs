@@ -20,6 +20,7 @@ mod delegation;
 mod error;
 mod governance;
 mod governance_report;
+mod leases;
 mod oauth;
 pub mod oidc;
 pub mod plan;
@@ -45,8 +46,12 @@ pub use admin::{Activity, AgentView, ApiTokenIssued, NewAgent, NewOwner, Princip
 pub use attest::{ClientAuth, JWT_BEARER, JWT_SPIFFE};
 pub use config::{BrokerConfig, OidcProvider, Webhook};
 pub use decide::{DecideInput, DecisionOutcome, DpopInput, PendingAudit, Target, TaskView};
-pub use error::{AdminError, DecideError, OAuthError};
+pub use error::{AdminError, CredentialError, DecideError, OAuthError};
 pub use governance::MAX_WINDOW_DAYS;
+pub use leases::{
+    Credential, CredentialKind, CredentialSpec, GrantSpec, IssuedCredential, LeaseView,
+    check_credentials,
+};
 
 pub use delegation::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, MAX_CHAIN, TOKEN_EXCHANGE};
 pub use oauth::{Caller, ExchangeParams, TASK_DETAILS_TYPE, TokenRequest, TokenResponse};
@@ -71,6 +76,7 @@ pub struct Broker {
     pub(crate) kek: Option<mandate_crypto::seal::Kek>,
     pub(crate) secret_cache: secrets::SecretCache,
     pub(crate) secret_changes: tokio::sync::watch::Sender<u64>,
+    pub(crate) leases: leases::Leases,
     pub(crate) reminded: governance::Reminded,
     pub(crate) follower: replication::Follower,
     pub(crate) last_reload: std::sync::Mutex<Option<PolicyReload>>,
@@ -138,6 +144,7 @@ impl Broker {
             kek: None,
             secret_cache: secrets::SecretCache::default(),
             secret_changes: tokio::sync::watch::channel(0).0,
+            leases: Default::default(),
             reminded: Default::default(),
             follower: Default::default(),
             last_reload: std::sync::Mutex::new(None),

@@ -775,6 +775,8 @@ impl Broker {
 
     /// The writes that record an ended task, naming the policies that ended it.
     pub(crate) fn end_ops_by(&self, t: Task, actor: Option<&str>, policies: &[String]) -> Vec<Op> {
+        // Its downstream credentials go with it.
+        self.leases.wake.notify_one();
         let mut e = self.event(match t.state {
             TaskState::Completed => EventKind::TaskCompleted,
             TaskState::Expired => EventKind::TaskExpired,

@@ -69,6 +69,10 @@ pub enum EventKind {
     SecretSet,
     /// A brokered secret was deleted.
     SecretDeleted,
+    /// A per-task downstream credential was made (never its secret part).
+    LeaseIssued,
+    /// A per-task downstream credential was revoked downstream.
+    LeaseRevoked,
     /// The gateway forwarded or refused one call to an upstream.
     GatewayCall,
     /// What became of a forwarded gateway call when it was not a plain success: the upstream
@@ -112,6 +116,8 @@ impl EventKind {
             EventKind::ApprovalDenied => "approval_denied",
             EventKind::SecretSet => "secret_set",
             EventKind::SecretDeleted => "secret_deleted",
+            EventKind::LeaseIssued => "lease_issued",
+            EventKind::LeaseRevoked => "lease_revoked",
             EventKind::GatewayCall => "gateway_call",
             EventKind::GatewayResult => "gateway_result",
             EventKind::AgentConfirmed => "agent_confirmed",

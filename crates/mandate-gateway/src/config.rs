@@ -99,7 +99,8 @@ pub struct HttpApiConfig {
     pub name: String,
     /// Base URL of the API.
     pub url: String,
-    /// Headers injected into every forwarded request; values may reference secrets.
+    /// Headers injected into every forwarded request; values may reference secrets
+    /// (`${secret:NAME}`) and the task's dynamic credentials (`${cred:NAME}`).
     #[serde(default)]
     pub headers: BTreeMap<String, Template>,
     /// Output classifiers run on every response.
@@ -168,6 +169,20 @@ pub fn check(cfg: &GatewayConfig) -> Result<(), String> {
         {
             return Err(format!(
                 "gateway upstream `{}`: url must be http(s)",
+                u.name
+            ));
+        }
+        // An MCP upstream is shared by every task (one process, one session), so a per-task
+        // credential has nowhere to go.
+        if let Some(c) = u
+            .env
+            .values()
+            .chain(u.headers.values())
+            .flat_map(Template::credentials)
+            .next()
+        {
+            return Err(format!(
+                "gateway upstream `{}`: `${{cred:{c}}}` is per task, and an MCP upstream is shared by all tasks; use it in an `[[gateway.http]]` API's headers, or fetch it with POST /v1/credentials/{c}",
                 u.name
             ));
         }

@@ -58,6 +58,20 @@ impl Gateway {
     /// Checks the configuration and starts the upstreams.
     pub fn start(broker: Arc<Broker>, cfg: GatewayConfig) -> Result<Arc<Self>, String> {
         config::check(&cfg)?;
+        for api in &cfg.http {
+            for name in api
+                .headers
+                .values()
+                .flat_map(template::Template::credentials)
+            {
+                if !broker.config().credentials.iter().any(|c| c.name == name) {
+                    return Err(format!(
+                        "http api `{}` sends `${{cred:{name}}}`, and no `[[credentials]]` entry is named `{name}`",
+                        api.name
+                    ));
+                }
+            }
+        }
         let apis = cfg
             .http
             .iter()

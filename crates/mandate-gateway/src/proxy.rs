@@ -702,13 +702,10 @@ async fn send(
     }
     let mut secrets = Vec::new();
     for (k, t) in &api.cfg.headers {
-        let v = t.resolve(&gw.broker).await?;
+        let v = t
+            .resolve_for_task(&gw.broker, &call.task_id, &mut secrets)
+            .await?;
         req = req.header(k.as_str(), v.expose());
-        for name in t.secrets() {
-            if let Ok(s) = gw.broker.secret_value(name).await {
-                secrets.push(s);
-            }
-        }
     }
     let api_name = api.name();
     let started = Instant::now();

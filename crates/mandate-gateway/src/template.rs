@@ -1,12 +1,12 @@
-//! Values that may reference brokered secrets as `${secret:NAME}`, resolved only at the moment
-//! they are sent upstream.
+//! Values that may reference brokered secrets as `${secret:NAME}`, and per-task dynamic
+//! credentials as `${cred:NAME}`, resolved only at the moment they are sent upstream.
 
 use serde::Deserialize;
 
 use mandate_broker::Broker;
 use mandate_crypto::SecretString;
 
-/// A string with `${secret:NAME}` references.
+/// A string with `${secret:NAME}` and `${cred:NAME}` references.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Template {
     parts: Vec<Part>,
@@ -16,6 +16,7 @@ pub struct Template {
 enum Part {
     Text(String),
     Secret(String),
+    Cred(String),
 }
 
 impl Template {
@@ -23,18 +24,30 @@ impl Template {
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut rest = s;
-        while let Some(at) = rest.find("${secret:") {
+        loop {
+            let secret = rest.find("${secret:");
+            let cred = rest.find("${cred:");
+            let (at, opener, is_cred) = match (secret, cred) {
+                (Some(a), Some(b)) if b < a => (b, "${cred:", true),
+                (Some(a), _) => (a, "${secret:", false),
+                (None, Some(b)) => (b, "${cred:", true),
+                (None, None) => break,
+            };
             let (text, tail) = rest.split_at(at);
             if !text.is_empty() {
                 parts.push(Part::Text(text.to_string()));
             }
-            let tail = tail.get("${secret:".len()..).unwrap_or("");
+            let tail = tail.get(opener.len()..).unwrap_or("");
             let end = tail
                 .find('}')
-                .ok_or_else(|| format!("unclosed `${{secret:` in `{s}`"))?;
+                .ok_or_else(|| format!("unclosed `{opener}` in `{s}`"))?;
             let name = tail.get(..end).unwrap_or("");
             mandate_broker::check_secret_name(name).map_err(|e| e.to_string())?;
-            parts.push(Part::Secret(name.to_string()));
+            parts.push(if is_cred {
+                Part::Cred(name.to_string())
+            } else {
+                Part::Secret(name.to_string())
+            });
             rest = tail.get(end + 1..).unwrap_or("");
         }
         if !rest.is_empty() {
@@ -47,17 +60,67 @@ impl Template {
     pub fn secrets(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
             Part::Secret(n) => Some(n.as_str()),
-            Part::Text(_) => None,
+            Part::Text(_) | Part::Cred(_) => None,
         })
     }
 
-    /// The value with secrets filled in.
+    /// The dynamic credentials referenced.
+    pub fn credentials(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Cred(n) => Some(n.as_str()),
+            Part::Text(_) | Part::Secret(_) => None,
+        })
+    }
+
+    /// The value with secrets filled in. A `${cred:…}` reference cannot be resolved without a
+    /// task and is an error here (configuration checks refuse it where no task is known).
     pub async fn resolve(&self, broker: &Broker) -> Result<SecretString, String> {
+        self.resolve_inner(broker, None, &mut Vec::new()).await
+    }
+
+    /// The value with secrets and the task's dynamic credentials filled in (each minted on first
+    /// use); `scrub` receives every secret value used, to be removed from what comes back.
+    pub async fn resolve_for_task(
+        &self,
+        broker: &Broker,
+        task_id: &str,
+        scrub: &mut Vec<SecretString>,
+    ) -> Result<SecretString, String> {
+        self.resolve_inner(broker, Some(task_id), scrub).await
+    }
+
+    async fn resolve_inner(
+        &self,
+        broker: &Broker,
+        task_id: Option<&str>,
+        scrub: &mut Vec<SecretString>,
+    ) -> Result<SecretString, String> {
         let mut out = String::new();
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
-                Part::Secret(n) => out.push_str(broker.secret_value(n).await?.expose()),
+                Part::Secret(n) => {
+                    let v = broker.secret_value(n).await?;
+                    out.push_str(v.expose());
+                    scrub.push(v);
+                }
+                Part::Cred(n) => {
+                    let task = task_id.ok_or_else(|| {
+                        format!("`${{cred:{n}}}` needs a task, and this value is not sent per task")
+                    })?;
+                    let issued = broker
+                        .task_credential(task, n)
+                        .await
+                        .map_err(|e| format!("credential `{n}`: {e}"))?;
+                    let v = issued.primary().ok_or_else(|| {
+                        format!(
+                            "credential `{n}` is of kind {}, which has no value to send in a header",
+                            issued.kind
+                        )
+                    })?;
+                    out.push_str(v.expose());
+                    scrub.extend(issued.secret_values());
+                }
             }
         }
         Ok(SecretString::new(out))

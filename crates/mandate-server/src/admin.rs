@@ -56,6 +56,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/admin/v1/tasks", get(list_tasks))
         .route("/admin/v1/tasks/{id}", get(show_task))
         .route("/admin/v1/tasks/{id}/revoke", post(revoke_task))
+        .route("/admin/v1/leases", get(list_leases))
         .route("/admin/v1/policies/reload", post(reload_policies))
         .route("/admin/v1/secrets", get(list_secrets))
         .route(
@@ -299,6 +300,59 @@ async fn list_tasks(
     ok(s.broker
         .tasks(&p, q.agent.as_deref(), q.state.as_deref(), q.limit)
         .await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseQuery {
+    #[serde(default)]
+    agent: Option<String>,
+    #[serde(default)]
+    task: Option<String>,
+    /// Only pending or live leases.
+    #[serde(default)]
+    open: bool,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+async fn list_leases(
+    State(s): State<AppState>,
+    Person(p): Person,
+    q: Result<Query<LeaseQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return admin_error(AdminError::BadRequest(e.body_text())),
+    };
+    let agent = match q
+        .agent
+        .as_deref()
+        .map(mandate_core::AgentId::parse)
+        .transpose()
+    {
+        Ok(a) => a,
+        Err(e) => return admin_error(AdminError::BadRequest(e.to_string())),
+    };
+    let task = match q
+        .task
+        .as_deref()
+        .map(mandate_core::TaskId::parse)
+        .transpose()
+    {
+        Ok(t) => t,
+        Err(e) => return admin_error(AdminError::BadRequest(e.to_string())),
+    };
+    if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
+        return admin_error(AdminError::BadRequest("limit must be 1 to 1000".into()));
+    }
+    let filter = mandate_store::LeaseFilter {
+        agent,
+        task,
+        open: q.open,
+        limit: q.limit,
+    };
+    ok(s.broker.list_leases(&p, &filter).await)
 }
 
 async fn show_task(

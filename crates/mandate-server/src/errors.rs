@@ -2,7 +2,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use mandate_broker::{AdminError, DecideError, OAuthError};
+use mandate_broker::{AdminError, CredentialError, DecideError, OAuthError};
 
 /// `{"error": code, "error_description": message}` with `Cache-Control: no-store`.
 pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -77,6 +77,17 @@ pub(crate) fn decide_error(e: DecideError) -> Response {
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
     }
     r
+}
+
+pub(crate) fn credential_error(e: CredentialError) -> Response {
+    let (status, code) = match &e {
+        CredentialError::Token(inner) => return decide_error(inner.clone()),
+        CredentialError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        CredentialError::Forbidden(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
+        CredentialError::TaskEnded(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+        CredentialError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+    };
+    json_error(status, code, &e.to_string())
 }
 
 /// The HTTP status of an admin error, one per variant.

@@ -86,6 +86,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/oauth/revoke", post(oauth::revoke))
         .route("/v1/decide", post(decide))
         .route("/v1/report", post(report))
+        .route("/v1/credentials/{name}", post(fetch_credential))
+        .route("/v1/credentials/{name}/ssh-ca", get(ssh_ca))
         .route(
             "/.well-known/authzen-configuration",
             get(authzen::configuration),
@@ -288,6 +290,61 @@ async fn decide(State(s): State<AppState>, headers: HeaderMap, body: body::Limit
         }
         Ok(outcome) => axum::Json(outcome).into_response(),
         Err(e) => errors::decide_error(e),
+    }
+}
+
+/// A per-task downstream credential for the presented task credential (header only: the body
+/// is empty; a DPoP proof's `htu` is this URL).
+async fn fetch_credential(
+    State(s): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if mandate_broker::check_secret_name(&name).is_err() {
+        return errors::json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such credential is configured",
+        );
+    }
+    let path = format!("/v1/credentials/{name}");
+    let (token, dpop) = match credential(&s, &headers, None, None, &path) {
+        Ok(c) => c,
+        Err(e) => return errors::decide_error(e),
+    };
+    match s
+        .broker
+        .fetch_credential(&token, dpop.as_ref(), &name)
+        .await
+    {
+        Ok(issued) => {
+            let mut r = axum::Json(issued).into_response();
+            r.headers_mut().insert(
+                axum::http::header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
+        Err(e) => errors::credential_error(e),
+    }
+}
+
+/// The public key sshd's `TrustedUserCAKeys` names for an `ssh` credential (a public key: no
+/// authentication).
+async fn ssh_ca(
+    State(s): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    match s.broker.ssh_ca_public_key(&name).await {
+        Ok(line) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            format!("{line}\n"),
+        )
+            .into_response(),
+        Err(e) => errors::credential_error(e),
     }
 }
 

@@ -23,7 +23,8 @@ use mandate_core::audit::AuditRecord;
 use tokio::sync::{mpsc, oneshot};
 
 pub use model::{
-    AgentActivity, ApiTokenRecord, ApprovalFilter, Op, Receipt, Role, SecretRecord, TaskFilter,
+    AgentActivity, ApiTokenRecord, ApprovalFilter, Lease, LeaseFilter, LeaseState, Op, Receipt,
+    Role, SecretRecord, TaskFilter,
 };
 pub use workflow::{MAX_WORKFLOW_TASKS, Workflow, WorkflowNode, workflow};
 
@@ -319,6 +320,16 @@ impl Store {
     /// All sealed secrets, by name.
     pub async fn secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
         read!(self, r => r.secrets().await)
+    }
+
+    /// One lease.
+    pub async fn lease(&self, id: &str) -> Result<Option<Lease>, StoreError> {
+        read!(self, r => r.lease(id).await)
+    }
+
+    /// Leases matching `filter`, newest first.
+    pub async fn leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>, StoreError> {
+        read!(self, r => r.leases(filter).await)
     }
 
     /// A value from the key-value table.

@@ -39,6 +39,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         description: "secrets",
         sql: include_str!("../migrations/sqlite/0003_secrets.sql"),
     },
+    Migration {
+        version: 4,
+        description: "leases",
+        sql: include_str!("../migrations/sqlite/0004_leases.sql"),
+    },
 ];
 
 /// The PostgreSQL migrations: the same versions and tables as [`SQLITE`].
@@ -57,6 +62,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 3,
         description: "secrets",
         sql: include_str!("../migrations/postgres/0003_secrets.sql"),
+    },
+    Migration {
+        version: 4,
+        description: "leases",
+        sql: include_str!("../migrations/postgres/0004_leases.sql"),
     },
 ];
 

@@ -114,6 +114,17 @@ pub enum Op {
         /// Name.
         name: String,
     },
+    /// Record a new lease; conflicts if the id exists or the task already has an open lease of
+    /// that credential.
+    InsertLease(Lease),
+    /// Replace a lease, only if it is still in state `from`; otherwise the commit fails with
+    /// `Conflict` (a lease is revoked once).
+    UpdateLease {
+        /// The new version.
+        lease: Lease,
+        /// The state it must still be in.
+        from: LeaseState,
+    },
     /// Append an event to the audit chain.
     Audit(AuditEvent),
     /// Set a key-value pair.
@@ -177,6 +188,82 @@ pub struct SecretRecord {
     pub created_at: Timestamp,
     /// When last rotated.
     pub updated_at: Timestamp,
+}
+
+/// Where a lease is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseState {
+    /// Recorded before the downstream credential is made, so a crash cannot leave one unknown.
+    Pending,
+    /// Made and handed out; revoked when its task ends.
+    Live,
+    /// Revoked downstream (or never made).
+    Revoked,
+}
+
+impl LeaseState {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseState::Pending => "pending",
+            LeaseState::Live => "live",
+            LeaseState::Revoked => "revoked",
+        }
+    }
+
+    /// Whether the downstream credential may exist.
+    pub fn is_open(self) -> bool {
+        matches!(self, LeaseState::Pending | LeaseState::Live)
+    }
+}
+
+/// A per-task downstream credential: a PostgreSQL role, an SSH certificate, a JWT for an API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Id (also the `jti` of a JWT, the key id of a certificate).
+    pub id: String,
+    /// The task it serves.
+    pub task: TaskId,
+    /// The task's agent.
+    pub agent: AgentId,
+    /// The configured credential (`[[credentials]]` name).
+    pub credential: String,
+    /// `postgres`, `ssh` or `jwt`.
+    pub kind: String,
+    /// Where it is in its life.
+    pub state: LeaseState,
+    /// What names it downstream: the role, the certified public key, the token id.
+    pub handle: String,
+    /// What it grants, in the downstream's words (privileges, principals, scope).
+    pub grants: Vec<String>,
+    /// When it was recorded.
+    pub created_at: Timestamp,
+    /// When it stops working downstream at the latest (never after its task).
+    pub expires_at: Timestamp,
+    /// When it was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Timestamp>,
+    /// Why it was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+    /// The credential's secret part sealed under the key-encryption key (nonce, ciphertext),
+    /// so another replica or a restart can hand it out again while it is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<(String, String)>,
+}
+
+/// Which leases to list.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseFilter {
+    /// Only of this task.
+    pub task: Option<TaskId>,
+    /// Only of this agent.
+    pub agent: Option<AgentId>,
+    /// Only pending or live ones.
+    pub open: bool,
+    /// At most this many (default 1000).
+    pub limit: Option<i64>,
 }
 
 /// What an agent did: its decisions since a given time (from the audit), its last audited event

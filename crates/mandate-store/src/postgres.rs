@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 
 use crate::migrate::{self, POSTGRES};
 use crate::model::{
-    AgentActivity, ApiTokenRecord, ApprovalFilter, Op, Receipt, Role, SecretRecord, TaskFilter,
+    AgentActivity, ApiTokenRecord, ApprovalFilter, Lease, LeaseFilter, Op, Receipt, Role,
+    SecretRecord, TaskFilter,
 };
 use crate::{Job, StoreError, StoreOptions};
 
@@ -624,6 +625,48 @@ async fn apply(
                 return Err(StoreError::NotFound(format!("secret `{name}`")));
             }
         }
+        Op::InsertLease(l) => {
+            sqlx::query(
+                "INSERT INTO leases (id, task_id, agent_id, credential, state, created_at, expires_at, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&l.id)
+            .bind(l.task.as_str())
+            .bind(l.agent.as_str())
+            .bind(&l.credential)
+            .bind(l.state.as_str())
+            .bind(l.created_at.0)
+            .bind(l.expires_at.0)
+            .bind(to_json(l)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| {
+                conflict(
+                    e,
+                    format!("an open lease of `{}` for task `{}`", l.credential, l.task),
+                )
+            })?;
+        }
+        Op::UpdateLease { lease: l, from } => {
+            let done = sqlx::query(
+                "UPDATE leases SET state = $1, expires_at = $2, body = $3 WHERE id = $4 AND state = $5",
+            )
+            .bind(l.state.as_str())
+            .bind(l.expires_at.0)
+            .bind(to_json(l)?)
+            .bind(&l.id)
+            .bind(from.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "lease `{}` in state {}",
+                    l.id,
+                    from.as_str()
+                )));
+            }
+        }
         Op::Audit(event) => {
             let seq = head.0 + 1;
             let record = AuditRecord::link(seq, &head.1, event);
@@ -945,6 +988,34 @@ impl PostgresReader {
             .iter()
             .map(secret_from_row)
             .collect()
+    }
+
+    pub async fn lease(&self, id: &str) -> Result<Option<Lease>, StoreError> {
+        let row = sqlx::query("SELECT body FROM leases WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| from_body(&r)).transpose()
+    }
+
+    pub async fn leases(&self, f: &LeaseFilter) -> Result<Vec<Lease>, StoreError> {
+        sqlx::query(
+            "SELECT body FROM leases
+             WHERE ($1 IS NULL OR task_id = $1) AND ($2 IS NULL OR agent_id = $2)
+               AND (NOT $3 OR state IN ('pending', 'live'))
+             ORDER BY created_at DESC, id DESC LIMIT $4",
+        )
+        .bind(f.task.as_ref().map(TaskId::as_str))
+        .bind(f.agent.as_ref().map(AgentId::as_str))
+        .bind(f.open)
+        .bind(f.limit.unwrap_or(1000))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(from_body)
+        .collect()
     }
 
     pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -15,7 +15,10 @@ use sqlx::{Connection, Executor, Row};
 use tokio::sync::mpsc;
 
 use crate::migrate::{self, SQLITE};
-use crate::model::{AgentActivity, ApiTokenRecord, ApprovalFilter, Role, SecretRecord, TaskFilter};
+use crate::model::{
+    AgentActivity, ApiTokenRecord, ApprovalFilter, Lease, LeaseFilter, Role, SecretRecord,
+    TaskFilter,
+};
 use crate::{Durability, Job, StoreError, StoreOptions};
 use mandate_core::approval::Approval;
 
@@ -399,6 +402,34 @@ impl SqliteReader {
             .iter()
             .map(secret_from_row)
             .collect()
+    }
+
+    pub async fn lease(&self, id: &str) -> Result<Option<Lease>, StoreError> {
+        let row = sqlx::query("SELECT body FROM leases WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| from_body(&r)).transpose()
+    }
+
+    pub async fn leases(&self, f: &LeaseFilter) -> Result<Vec<Lease>, StoreError> {
+        sqlx::query(
+            "SELECT body FROM leases
+             WHERE (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR agent_id = ?2)
+               AND (NOT ?3 OR state IN ('pending', 'live'))
+             ORDER BY created_at DESC, id DESC LIMIT ?4",
+        )
+        .bind(f.task.as_ref().map(TaskId::as_str))
+        .bind(f.agent.as_ref().map(AgentId::as_str))
+        .bind(f.open)
+        .bind(f.limit.unwrap_or(1000))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(from_body)
+        .collect()
     }
 
     pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {

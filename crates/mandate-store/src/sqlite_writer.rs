@@ -453,6 +453,43 @@ impl Writer {
                     return Err(StoreError::NotFound(format!("secret `{name}`")));
                 }
             }
+            Op::InsertLease(l) => {
+                self.run(
+                    "INSERT INTO leases (id, task_id, agent_id, credential, state, created_at, expires_at, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        l.id,
+                        l.task.as_str(),
+                        l.agent.as_str(),
+                        l.credential,
+                        l.state.as_str(),
+                        l.created_at.0,
+                        l.expires_at.0,
+                        to_json(l)?
+                    ],
+                )
+                .map_err(|e| {
+                    conflict(
+                        e,
+                        format!("an open lease of `{}` for task `{}`", l.credential, l.task),
+                    )
+                })?;
+            }
+            Op::UpdateLease { lease: l, from } => {
+                let n = self
+                    .run(
+                        "UPDATE leases SET state = ?1, expires_at = ?2, body = ?3 WHERE id = ?4 AND state = ?5",
+                        params![l.state.as_str(), l.expires_at.0, to_json(l)?, l.id, from.as_str()],
+                    )
+                    .map_err(db)?;
+                if n == 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "lease `{}` in state {}",
+                        l.id,
+                        from.as_str()
+                    )));
+                }
+            }
             Op::Audit(event) => {
                 let record = self.link(event);
                 self.run(

@@ -40,6 +40,9 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     console: RawConsole,
+    /// Dynamic credentials: `[[credentials]]`.
+    #[serde(default)]
+    credentials: Vec<mandate_broker::CredentialSpec>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,6 +202,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// The OpenID provider for console sign-in, if any.
     pub oidc: Option<mandate_broker::OidcProvider>,
+    /// Dynamic credentials (`[[credentials]]`).
+    pub credentials: Vec<mandate_broker::Credential>,
 }
 
 fn positive(name: &str, v: i64, max: i64) -> anyhow::Result<i64> {
@@ -424,6 +429,8 @@ impl Settings {
             log_level,
             log_format: raw.log.format.unwrap_or_default(),
             oidc,
+            credentials: mandate_broker::check_credentials(&raw.credentials)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
             data_dir,
         })
     }

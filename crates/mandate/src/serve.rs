@@ -84,10 +84,15 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     cfg.reconfirm_days = settings.reconfirm_days;
     cfg.dormant_days = settings.dormant_days;
     cfg.activity_window_days = settings.activity_window_days;
+    cfg.credentials = settings.credentials.clone();
     let mut broker = Broker::start(cfg, store, ring, Arc::new(SystemClock))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     broker.set_kek(kek).map_err(|e| anyhow::anyhow!("{e}"))?;
+    broker
+        .prepare_credentials()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     if replicated {
         broker
             .enable_replication()
@@ -126,6 +131,15 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
 }
 
 fn spawn_upkeep(broker: Arc<Broker>, mut stopped: watch::Receiver<bool>) {
+    // Per-task downstream credentials are revoked when their task ends, here or elsewhere.
+    let reaper = broker.clone();
+    let mut reaper_stopped = stopped.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = reaper.run_lease_reaper() => {}
+            _ = reaper_stopped.changed() => {}
+        }
+    });
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut n: u64 = 0;
