@@ -1,0 +1,585 @@
+//! Dynamic credentials through real parts: a real `mandate serve` with its gateway, the real
+//! PostgreSQL server `scripts/test` starts (password logins checked with SCRAM for every role but
+//! the test superuser), and an upstream HTTP API on loopback that uses what the gateway sends it.
+//!
+//! A task that reads `orders` through the gateway gets a PostgreSQL role of its own with only the
+//! privileges its scope maps to; the role is dropped, and its open sessions terminated, when the
+//! task ends; a restart revokes leases whose task ended while no process was running, and leases
+//! a stopped process left half made. A per-task JWT for an API verifies against Mandate's JWKS.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly on any surprise"
+)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Broker;
+use serde_json::{Value, json};
+use sqlx::{Connection, Row};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PG_ENV: &str = "MANDATE_TEST_POSTGRES_URL";
+/// Generous bound for a revocation to be seen, so a loaded machine does not fail the test; the
+/// measured time is printed.
+const BOUND: Duration = Duration::from_secs(10);
+
+/// A fresh database on the test server with an `orders` and a `customers` table.
+async fn fresh_db() -> String {
+    let admin = std::env::var(PG_ENV).unwrap_or_else(|_| {
+        panic!("{PG_ENV} is not set: run scripts/test (or scripts/setup-postgres and export it)")
+    });
+    let name = format!("c_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    let url = format!("{base}/{name}");
+    let mut conn = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE orders (id INT PRIMARY KEY, total INT);
+         INSERT INTO orders VALUES (1, 10), (2, 20), (3, 30);
+         CREATE TABLE customers (id INT PRIMARY KEY, card TEXT);
+         INSERT INTO customers VALUES (1, '4111111111111111');",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    url
+}
+
+/// Whether a role exists on the server.
+async fn role_exists(admin: &str, role: &str) -> bool {
+    let mut conn = sqlx::postgres::PgConnection::connect(admin).await.unwrap();
+    let found = sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(role)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap()
+        .is_some();
+    conn.close().await.unwrap();
+    found
+}
+
+/// Waits until `f` holds, up to `BOUND`; returns how long it took.
+async fn within<F, Fut>(what: &str, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < BOUND {
+        if f().await {
+            let took = start.elapsed();
+            println!("{what}: {} ms", took.as_millis());
+            return took;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: not within {BOUND:?}");
+}
+
+type Seen = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
+/// An upstream API on loopback. For every request it records the headers; when the request
+/// carries `x-db-url` it connects to PostgreSQL with it and answers what that login may do:
+/// who it is, how many orders it reads, and whether reading customers or writing orders is
+/// refused.
+async fn upstream() -> (String, Seen) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Seen::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let headers: Vec<(String, String)> = head
+                    .split("\r\n")
+                    .skip(1)
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                    .collect();
+                log.lock().unwrap().push(headers.clone());
+                let db = headers
+                    .iter()
+                    .find(|(k, _)| k == "x-db-url")
+                    .map(|(_, v)| v.clone());
+                let body = match db {
+                    Some(db) => match sqlx::postgres::PgConnection::connect(&db).await {
+                        Ok(mut c) => {
+                            let user: String = sqlx::query("SELECT current_user::text")
+                                .fetch_one(&mut c)
+                                .await
+                                .unwrap()
+                                .get(0);
+                            let orders: i64 = sqlx::query("SELECT count(*) FROM orders")
+                                .fetch_one(&mut c)
+                                .await
+                                .unwrap()
+                                .get(0);
+                            let customers = sqlx::query("SELECT count(*) FROM customers")
+                                .fetch_one(&mut c)
+                                .await
+                                .err()
+                                .map(|e| e.to_string());
+                            let insert = sqlx::query("INSERT INTO orders VALUES (9, 90)")
+                                .execute(&mut c)
+                                .await
+                                .err()
+                                .map(|e| e.to_string());
+                            let _ = c.close().await;
+                            json!({"user": user, "orders": orders,
+                                   "customers_error": customers, "insert_error": insert})
+                        }
+                        Err(e) => json!({"connect_error": e.to_string()}),
+                    },
+                    None => json!({"ok": true}),
+                }
+                .to_string();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+fn set_secret(b: &Broker, name: &str, value: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(common::bin())
+        .args([
+            "--data-dir",
+            b.data_dir().to_str().unwrap(),
+            "--server",
+            &b.url,
+            "secret",
+            "set",
+            name,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+fn config(dir: &std::path::Path, upstream: &str) -> std::path::PathBuf {
+    let path = dir.join("m.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[credentials]]
+name = "orders_db"
+kind = "postgres"
+admin_secret = "orders_db_admin"
+[[credentials.grants]]
+scope = "read:orders"
+privileges = ["SELECT"]
+tables = ["orders"]
+[[credentials.grants]]
+scope = "write:orders"
+privileges = ["INSERT", "UPDATE"]
+tables = ["orders"]
+
+[[credentials]]
+name = "tickets_jwt"
+kind = "jwt"
+audience = "https://tickets.example"
+max_ttl = 120
+[[credentials.grants]]
+scope = "read:tickets"
+
+[[gateway.http]]
+name = "shop"
+url = "{upstream}"
+headers = {{ X-Db-Url = "${{cred:orders_db}}" }}
+[[gateway.http.routes]]
+method = "GET"
+path = "/orders"
+action = "read"
+resource = "orders"
+
+[[gateway.http]]
+name = "tickets"
+url = "{upstream}"
+headers = {{ Authorization = "Bearer ${{cred:tickets_jwt}}" }}
+[[gateway.http.routes]]
+method = "GET"
+path = "/tickets/{{id}}"
+action = "read"
+resource = "tickets"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+struct Setup {
+    b: Broker,
+    key: mandate_crypto::client::AgentKey,
+    db: String,
+    seen: Seen,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let db = fresh_db().await;
+    let (url, seen) = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), &url);
+    let b = Broker::start_with(&["--config", path.to_str().unwrap()]).await;
+    set_secret(&b, "orders_db_admin", &db);
+    b.add_owner("ops").await;
+    let key = b
+        .add_agent(
+            "analyst",
+            "ops",
+            "low",
+            "read:orders write:orders read:tickets",
+        )
+        .await;
+    Setup {
+        b,
+        key,
+        db,
+        seen,
+        _dir: dir,
+    }
+}
+
+async fn gateway_get(b: &Broker, token: &str, path: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(format!("{}{path}", b.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn fetch(b: &Broker, token: Option<&str>, name: &str) -> (u16, Value) {
+    let mut req = reqwest::Client::new().post(format!("{}/v1/credentials/{name}", b.url));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_reading_orders_gets_its_own_role_which_ends_with_it() {
+    let s = setup().await;
+    let (st, t) = s.b.open_scope(&s.key, "analyst", "read:orders").await;
+    assert_eq!(st, 200, "{t}");
+    let token = t["access_token"].as_str().unwrap().to_string();
+    let task = t["task_id"].as_str().unwrap().to_string();
+
+    // Through the gateway: the upstream connects with what `${cred:orders_db}` became.
+    let (st, v) = gateway_get(&s.b, &token, "/http/shop/orders").await;
+    assert_eq!(st, 200, "{v}");
+    let role = v["user"].as_str().unwrap().to_string();
+    assert!(role.starts_with("mandate_"), "{v}");
+    assert_eq!(v["orders"], 3, "{v}");
+    // Only what the scope maps to: no customers, no writes (the task holds read:orders only).
+    assert!(
+        v["customers_error"]
+            .as_str()
+            .unwrap()
+            .contains("permission denied"),
+        "{v}"
+    );
+    assert!(
+        v["insert_error"]
+            .as_str()
+            .unwrap()
+            .contains("permission denied"),
+        "{v}"
+    );
+    // A second call reuses the task's role.
+    let (_, again) = gateway_get(&s.b, &token, "/http/shop/orders").await;
+    assert_eq!(again["user"], role.as_str());
+
+    // The agent can fetch the same lease itself, and holds a session open with it.
+    let (st, c) = fetch(&s.b, Some(&token), "orders_db").await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["username"], role.as_str());
+    assert_eq!(c["kind"], "postgres");
+    assert_eq!(c["grants"], json!(["SELECT ON orders"]));
+    let login = c["url"].as_str().unwrap().to_string();
+    assert!(!login.contains("orders_db_admin"));
+    let mut held = sqlx::postgres::PgConnection::connect(&login).await.unwrap();
+    let n: i64 = sqlx::query("SELECT count(*) FROM orders")
+        .fetch_one(&mut held)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    // The password alone is what lets it in: a wrong one is refused (SCRAM on this server).
+    let wrong = login.replace(c["password"].as_str().unwrap(), "wrong-password");
+    assert!(sqlx::postgres::PgConnection::connect(&wrong).await.is_err());
+
+    // Governance lists the live lease on the agent.
+    let (_, leases) = s.b.admin_get("/admin/v1/leases?open=true").await;
+    let leases = leases.as_array().unwrap();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0]["handle"], role.as_str());
+    assert_eq!(leases[0]["state"], "live");
+    assert!(leases[0].get("sealed").is_none());
+    let (_, agent) = s.b.admin_get("/admin/v1/agents/analyst").await;
+    assert_eq!(agent["leases"][0]["credential"], "orders_db", "{agent}");
+    assert_eq!(agent["standing_privilege"], 0, "{agent}");
+
+    // The agent completes its task: the role goes, and the held session is cut.
+    let (st, _) = s.b.revoke_as_agent(&s.key, "analyst", &token).await;
+    assert_eq!(st, 200);
+    let took = within("role dropped after completion", || {
+        let db = s.db.clone();
+        let role = role.clone();
+        async move { !role_exists(&db, &role).await }
+    })
+    .await;
+    assert!(took < BOUND);
+    assert!(sqlx::postgres::PgConnection::connect(&login).await.is_err());
+    assert!(
+        sqlx::query("SELECT 1").fetch_one(&mut held).await.is_err(),
+        "the role's open session survived its revocation"
+    );
+
+    let (_, leases) =
+        s.b.admin_get(&format!("/admin/v1/leases?task={task}"))
+            .await;
+    assert_eq!(leases[0]["state"], "revoked", "{leases}");
+    assert_eq!(leases[0]["end_reason"], "its task is completed", "{leases}");
+    let (_, open) = s.b.admin_get("/admin/v1/leases?open=true").await;
+    assert_eq!(open, json!([]));
+    let issued = s.b.audit_kind("lease_issued");
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert!(
+        !issued[0]
+            .to_string()
+            .contains(c["password"].as_str().unwrap())
+    );
+    assert_eq!(s.b.audit_kind("lease_revoked").len(), 1);
+    // The ended task's credential fetches nothing.
+    let (st, _) = fetch(&s.b, Some(&token), "orders_db").await;
+    assert_eq!(st, 401);
+    // What reached the upstream never reaches the audit.
+    assert!(
+        !std::fs::read_to_string(s.b.data_dir().join("mandate.db-wal"))
+            .unwrap_or_default()
+            .contains(c["password"].as_str().unwrap())
+    );
+    assert!(!s.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetching_a_credential_is_refused_unless_the_scope_earns_it() {
+    let s = setup().await;
+    let (_, t) = s.b.open_scope(&s.key, "analyst", "read:tickets").await;
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(fetch(&s.b, None, "orders_db").await.0, 401);
+    assert_eq!(fetch(&s.b, Some("not-a-token"), "orders_db").await.0, 401);
+    assert_eq!(fetch(&s.b, Some(token), "no_such").await.0, 404);
+    assert_eq!(fetch(&s.b, Some(token), "bad%20name").await.0, 404);
+    let (st, v) = fetch(&s.b, Some(token), "orders_db").await;
+    assert_eq!(st, 403, "{v}");
+    assert_eq!(v["error"], "insufficient_scope");
+    // Nothing was made for the refused fetch.
+    let (_, leases) = s.b.admin_get("/admin/v1/leases").await;
+    assert_eq!(leases, json!([]));
+    // The gateway refuses a call whose route the scope lacks before anything is minted.
+    let (st, _) = gateway_get(&s.b, token, "/http/shop/orders").await;
+    assert_eq!(st, 403);
+    assert_eq!(s.b.admin_get("/admin/v1/leases").await.1, json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_task_jwt_verifies_against_the_jwks_and_carries_the_task() {
+    let s = setup().await;
+    let (_, t) = s.b.open_scope(&s.key, "analyst", "read:tickets").await;
+    let token = t["access_token"].as_str().unwrap();
+    let (st, v) = gateway_get(&s.b, token, "/http/tickets/tickets/7").await;
+    assert_eq!(st, 200, "{v}");
+    let sent = s
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .find(|(k, _)| k == "authorization")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let jwt = sent.strip_prefix("Bearer ").unwrap();
+    assert_ne!(
+        jwt, token,
+        "the agent's own credential must not reach the API"
+    );
+
+    // Verified the way an API would: with the JWKS and nothing else.
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        reqwest::get(format!("{}/.well-known/jwks.json", s.b.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let header = jsonwebtoken::decode_header(jwt).unwrap();
+    let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut val = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    val.set_audience(&["https://tickets.example"]);
+    val.set_issuer(&[s.b.url.as_str()]);
+    let claims = jsonwebtoken::decode::<Value>(jwt, &key, &val)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["scope"], "read:tickets");
+    assert_eq!(claims["task_id"], t["task_id"]);
+    assert_eq!(claims["sub"], "analyst");
+    let exp = claims["exp"].as_i64().unwrap();
+    let iat = claims["iat"].as_i64().unwrap();
+    assert!(exp - iat <= 120, "max_ttl bounds it: {claims}");
+    // Another audience refuses it, and Mandate itself does not take it as a task credential.
+    val.set_audience(&["https://other.example"]);
+    assert!(jsonwebtoken::decode::<Value>(jwt, &key, &val).is_err());
+    let (st, _) =
+        s.b.decide_call(
+            jwt,
+            json!({"action": "read", "resource": {"type": "resource", "id": "tickets"}}),
+        )
+        .await;
+    assert_eq!(st, 401);
+
+    let (_, leases) = s.b.admin_get("/admin/v1/leases?open=true").await;
+    assert_eq!(leases[0]["kind"], "jwt", "{leases}");
+    assert_eq!(leases[0]["handle"], claims["jti"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_revokes_leases_whose_task_ended_meanwhile_and_half_made_ones() {
+    let mut s = setup().await;
+    let details = common::task_details("nightly export", "reporting", &[("orders", &["read"])], 4);
+    let (st, t) = s.b.open_task(&s.key, "analyst", details, false).await;
+    assert_eq!(st, 200, "{t}");
+    let token = t["access_token"].as_str().unwrap().to_string();
+    let (st, c) = fetch(&s.b, Some(&token), "orders_db").await;
+    assert_eq!(st, 200, "{c}");
+    let role = c["username"].as_str().unwrap().to_string();
+    assert!(role_exists(&s.db, &role).await);
+
+    // The process dies; while it is down the task's time runs out, and a half-made lease is
+    // left as a crash between CREATE ROLE and recording it live would leave it.
+    s.b.kill().await;
+    let orphan = "mandate_orphan_left_by_a_crash";
+    let mut admin = sqlx::postgres::PgConnection::connect(&s.db).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {orphan} LOGIN PASSWORD 'x'"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.unwrap();
+    let task = t["task_id"].as_str().unwrap();
+    let agent_lease = json!({
+        "id": "0000000000000000000000000000dead", "task": task, "agent": "analyst",
+        "credential": "orders_db", "kind": "postgres", "state": "pending", "handle": orphan,
+        "grants": ["SELECT ON orders"], "created_at": 1_000, "expires_at": 4_000_000_000_000_i64,
+    });
+    let mut lite = sqlx::sqlite::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        s.b.data_dir().join("mandate.db").display()
+    ))
+    .await
+    .unwrap();
+    // The partial index allows one open lease per task and credential: the orphan belongs to
+    // another (unknown) task.
+    let mut body = agent_lease.clone();
+    body["task"] = json!("01890000-0000-7000-8000-000000000000");
+    sqlx::query(
+        "INSERT INTO leases (id, task_id, agent_id, credential, state, created_at, expires_at, body)
+         VALUES (?1, ?2, 'analyst', 'orders_db', 'pending', 1000, 4000000000000, ?3)",
+    )
+    .bind("0000000000000000000000000000dead")
+    .bind(body["task"].as_str().unwrap())
+    .bind(body.to_string())
+    .execute(&mut lite)
+    .await
+    .unwrap();
+    lite.close().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    s.b.kill_and_restart().await;
+    within("expired task's role dropped after restart", || {
+        let db = s.db.clone();
+        let role = role.clone();
+        async move { !role_exists(&db, &role).await }
+    })
+    .await;
+    within("half-made role dropped after restart", || {
+        let db = s.db.clone();
+        async move { !role_exists(&db, orphan).await }
+    })
+    .await;
+    let (_, open) = s.b.admin_get("/admin/v1/leases?open=true").await;
+    assert_eq!(open, json!([]));
+    let (_, all) = s.b.admin_get("/admin/v1/leases").await;
+    let reasons: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["end_reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("lifetime ran out")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("never finished")),
+        "{reasons:?}"
+    );
+    let (_, report) = s.b.admin_get("/admin/v1/agents/analyst").await;
+    assert_eq!(report["standing_privilege"], 0, "{report}");
+}
