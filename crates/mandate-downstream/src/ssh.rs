@@ -161,21 +161,45 @@ pub fn ensure_revoked_keys(path: &Path) -> Result<(), DownstreamError> {
         .map_err(|e| ssh(format!("cannot open {}: {e}", path.display())))
 }
 
+/// One writer of revocation files at a time in this process, so no revocation is lost.
+static REVOKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Adds a public key to the revocation file sshd reads at every authentication, so the key and
-/// every certificate for it are refused from the next login on. One appended line per call.
+/// every certificate for it are refused from the next login on. The file is replaced atomically
+/// (written beside it, then renamed), as sshd asks, since it may read it at any moment.
 pub fn revoke(path: &Path, public_key: &str) -> Result<(), DownstreamError> {
     let line = public_key.trim();
     if line.is_empty() || line.contains('\n') {
         return Err(DownstreamError::Config("not a public key line".into()));
     }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| ssh(format!("cannot open {}: {e}", path.display())))?;
-    f.write_all(format!("{line}\n").as_bytes())
-        .and_then(|()| f.sync_data())
-        .map_err(|e| ssh(format!("cannot write {}: {e}", path.display())))
+    let _one = REVOKING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let io = |e: std::io::Error| ssh(format!("cannot update {}: {e}", path.display()));
+    let mut text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(e)),
+    };
+    if text.lines().any(|l| l.trim() == line) {
+        return Ok(());
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(line);
+    text.push('\n');
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 #[cfg(test)]
@@ -220,6 +244,24 @@ mod tests {
         // Round trip of the CA key.
         let again = Ca::from_openssh(&ca.to_openssh().unwrap()).unwrap();
         assert_eq!(again.public_line().unwrap(), ca.public_line().unwrap());
+    }
+
+    #[test]
+    fn revocation_adds_each_key_once_and_keeps_the_others() {
+        let dir = std::env::temp_dir().join(format!("mandate-krl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("revoked_keys");
+        ensure_revoked_keys(&file).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "");
+        revoke(&file, "ssh-ed25519 AAAA1").unwrap();
+        revoke(&file, "ssh-ed25519 AAAA2\n").unwrap();
+        revoke(&file, "ssh-ed25519 AAAA1").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "ssh-ed25519 AAAA1\nssh-ed25519 AAAA2\n"
+        );
+        assert!(revoke(&file, "a\nb").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
