@@ -227,6 +227,10 @@ fn check_attestation(a: &Attestation) -> Result<(), AdminError> {
                 return Err(bad("`audience` or `claims` too large"));
             }
         }
+        Attestation::X509Svid { spiffe_id } => {
+            mandate_core::spiffe::SpiffeId::parse(spiffe_id)
+                .map_err(|e| bad(format!("`spiffe_id`: {e}")))?;
+        }
     }
     Ok(())
 }

@@ -33,6 +33,18 @@ pub struct ClientAuth {
     pub assertion_type: Option<String>,
     /// `client_assertion`.
     pub assertion: Option<String>,
+    /// The client certificate of the TLS connection, when one was presented and verified.
+    pub tls_cert: Option<ClientCert>,
+}
+
+/// A client certificate the TLS layer verified against a configured SPIFFE trust bundle: an
+/// X.509-SVID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The SPIFFE ID in its one URI SAN.
+    pub spiffe_id: String,
+    /// RFC 8705 thumbprint: base64url SHA-256 of the certificate's DER.
+    pub x5t_s256: String,
 }
 
 /// An agent that proved what it is, and the one-time values its proof used up.
@@ -158,10 +170,15 @@ impl Broker {
         let fail = |agent: Option<&str>, msg: String| {
             (agent.map(str::to_string), OAuthError::InvalidClient(msg))
         };
+        if auth.assertion.is_none()
+            && let Some(cert) = &auth.tls_cert
+        {
+            return self.authenticate_svid(auth.client_id.as_deref(), cert);
+        }
         let assertion = auth.assertion.as_deref().ok_or_else(|| {
             fail(
                 None,
-                "client authentication required: send `client_assertion` (private_key_jwt)".into(),
+                "client authentication required: send `client_assertion` (private_key_jwt), or present an X.509-SVID over mutual TLS".into(),
             )
         })?;
         match auth.assertion_type.as_deref() {
@@ -255,6 +272,13 @@ impl Broker {
                 Timestamp::from_secs(verified.exp + self.cfg.leeway),
             ));
         }
+        Self::usable(agent, once)
+    }
+
+    fn usable(
+        agent: Agent,
+        once: Vec<(String, Timestamp)>,
+    ) -> Result<Authenticated, (Option<String>, OAuthError)> {
         if agent.status == AgentStatus::Suspended {
             return Err((
                 Some(agent.id.to_string()),
@@ -262,5 +286,65 @@ impl Broker {
             ));
         }
         Ok(Authenticated { agent, once })
+    }
+
+    /// RFC 8705 `tls_client_auth`: the TLS layer verified the certificate's chain to the bundle
+    /// of its SPIFFE trust domain; the agent is the one registered with that SPIFFE ID (named by
+    /// `client_id`, or found by the ID when no `client_id` is sent).
+    fn authenticate_svid(
+        &self,
+        client_id: Option<&str>,
+        cert: &ClientCert,
+    ) -> Result<Authenticated, (Option<String>, OAuthError)> {
+        let fail = |agent: Option<&str>, msg: String| {
+            (agent.map(str::to_string), OAuthError::InvalidClient(msg))
+        };
+        let holds = |a: &Agent| {
+            a.attestations.iter().any(|x| {
+                matches!(x, Attestation::X509Svid { spiffe_id } if *spiffe_id == cert.spiffe_id)
+            })
+        };
+        let agent = match client_id {
+            Some(id) => {
+                let id = AgentId::parse(id.to_string())
+                    .map_err(|e| fail(None, format!("client id is invalid: {e}")))?;
+                let agent = self
+                    .inventory
+                    .agent(&id)
+                    .ok_or_else(|| fail(None, format!("agent `{id}` is not registered")))?;
+                if !holds(&agent) {
+                    return Err(fail(
+                        Some(agent.id.as_str()),
+                        format!(
+                            "the client certificate names `{}`, which is not registered for agent `{}`",
+                            cert.spiffe_id, agent.id
+                        ),
+                    ));
+                }
+                agent
+            }
+            None => {
+                let mut found = self.inventory.agents().into_iter().filter(|a| holds(a));
+                match (found.next(), found.next()) {
+                    (Some(a), None) => a,
+                    (None, _) => {
+                        return Err(fail(
+                            None,
+                            format!("no agent is registered for `{}`", cert.spiffe_id),
+                        ));
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(fail(
+                            None,
+                            format!(
+                                "several agents are registered for `{}`: send `client_id`",
+                                cert.spiffe_id
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        Self::usable(agent, Vec::new())
     }
 }

@@ -512,7 +512,7 @@ impl Broker {
             budget: Default::default(),
             via_details: false,
         };
-        self.issue_task(agent, ask, jkt, &once, Some(&c.person))
+        self.issue_task(agent, ask, jkt, None, &once, Some(&c.person))
             .await
     }
 }

@@ -53,6 +53,8 @@ pub struct DecideInput {
     pub token: String,
     /// Its DPoP proof, when the credential is key-bound.
     pub dpop: Option<DpopInput>,
+    /// The client certificate of the connection it came over, when verified (mutual TLS).
+    pub client_cert: Option<crate::ClientCert>,
     /// The action.
     pub action: String,
     /// The tool or resource.
@@ -205,7 +207,12 @@ struct Refusal {
 impl Broker {
     /// Checks a presented credential: signature, expiry, its task being active, and its DPoP
     /// proof when it is key-bound.
-    fn credential(&self, token: &str, dpop: Option<&DpopInput>) -> Result<Checked, Refusal> {
+    fn credential(
+        &self,
+        token: &str,
+        dpop: Option<&DpopInput>,
+        cert: Option<&crate::ClientCert>,
+    ) -> Result<Checked, Refusal> {
         let now = self.now();
         let refuse = |error, agent: Option<&str>, task: Option<&str>| Refusal {
             error,
@@ -284,7 +291,22 @@ impl Broker {
                 task_id,
             ));
         }
-        if let Some(cnf) = &claims.cnf {
+        // RFC 8705 section 3: a certificate-bound credential is used only over a connection
+        // presenting that certificate.
+        if let Some(want) = claims.cnf.as_ref().and_then(|c| c.x5t_s256.as_ref()) {
+            let presented = cert.is_some_and(|c| mandate_crypto::secret::ct_eq(want, &c.x5t_s256));
+            if !presented {
+                return Err(refuse(
+                    DecideError::InvalidToken(
+                        "credential is bound to a client certificate: present it over mutual TLS"
+                            .into(),
+                    ),
+                    agent,
+                    task_id,
+                ));
+            }
+        }
+        if let Some(cnf_jkt) = claims.cnf.as_ref().and_then(|c| c.jkt.as_ref()) {
             let Some(d) = dpop else {
                 return Err(refuse(
                     DecideError::InvalidDpopProof(
@@ -308,7 +330,7 @@ impl Broker {
                     task_id,
                 )
             })?;
-            if !mandate_crypto::secret::ct_eq(&proof.jkt, &cnf.jkt) {
+            if !mandate_crypto::secret::ct_eq(&proof.jkt, cnf_jkt) {
                 return Err(refuse(
                     DecideError::InvalidDpopProof(
                         "dpop proof was signed by a key other than the one the credential is bound to"
@@ -364,6 +386,7 @@ impl Broker {
             .credential_or_audit(
                 &input.token,
                 input.dpop.as_ref(),
+                input.client_cert.as_ref(),
                 &input.action,
                 &input.target,
             )
@@ -546,13 +569,14 @@ impl Broker {
         &self,
         token: &str,
         dpop: Option<&DpopInput>,
+        cert: Option<&crate::ClientCert>,
     ) -> Result<TaskView, DecideError> {
         let probe = Target {
             kind: TargetKind::Tool,
             id: "-".into(),
         };
         let (claims, entry) = self
-            .credential_or_audit(token, dpop, "list", &probe)
+            .credential_or_audit(token, dpop, cert, "list", &probe)
             .await?;
         let scope = entry.read().scope.clone();
         Ok(TaskView {
@@ -590,10 +614,11 @@ impl Broker {
         &self,
         token: &str,
         dpop: Option<&DpopInput>,
+        cert: Option<&crate::ClientCert>,
         action: &str,
         target: &Target,
     ) -> Result<(Arc<AccessClaims>, Arc<TaskEntry>), DecideError> {
-        let checked = match self.credential(token, dpop) {
+        let checked = match self.credential(token, dpop, cert) {
             Ok((claims, entry, None)) => return Ok((claims, entry)),
             Ok((claims, entry, Some((key, until)))) => {
                 let spent = self

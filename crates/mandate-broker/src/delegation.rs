@@ -69,6 +69,7 @@ impl Broker {
             client_id: None,
             assertion_type: Some(JWT_BEARER.into()),
             assertion: Some(actor.to_string()),
+            tls_cert: None,
         };
         let Authenticated { agent: child, once } = self
             .authenticate_agent(&child_auth)
@@ -88,7 +89,11 @@ impl Broker {
             let want = DpopExpectation {
                 method: "POST",
                 url: &endpoint,
-                access_token: claims.cnf.as_ref().map(|_| subject),
+                access_token: claims
+                    .cnf
+                    .as_ref()
+                    .and_then(|c| c.jkt.as_ref())
+                    .map(|_| subject),
                 now: now.as_secs(),
                 max_age: self.cfg.dpop_max_age,
             };
@@ -107,15 +112,32 @@ impl Broker {
                 }
             }
         }
-        let parent_proven = match (&claims.cnf, &proof_jkt) {
+        let parent_jkt = claims.cnf.as_ref().and_then(|c| c.jkt.as_ref());
+        let parent_x5t = claims.cnf.as_ref().and_then(|c| c.x5t_s256.as_ref());
+        let parent_proven = match (parent_jkt, &proof_jkt) {
             (None, _) => true,
-            (Some(cnf), Some(jkt)) => mandate_crypto::secret::ct_eq(&cnf.jkt, jkt),
+            (Some(want), Some(jkt)) => mandate_crypto::secret::ct_eq(want, jkt),
             (Some(_), None) => false,
         };
         if !parent_proven {
             let e = OAuthError::InvalidDpopProof(
                 "the parent task's credential is bound to its agent's key: send a DPoP proof of \
                  that key for the subject_token"
+                    .into(),
+            );
+            self.spend(&child, &once, &e.to_string()).await?;
+            return Err(e);
+        }
+        // A parent bound to a client certificate is proven only over a connection with it.
+        let cert_proven = parent_x5t.is_none_or(|want| {
+            req.auth
+                .tls_cert
+                .as_ref()
+                .is_some_and(|c| mandate_crypto::secret::ct_eq(want, &c.x5t_s256))
+        });
+        if !cert_proven {
+            let e = OAuthError::InvalidClient(
+                "the parent task's credential is bound to a client certificate: delegate over mutual TLS with that certificate"
                     .into(),
             );
             self.spend(&child, &once, &e.to_string()).await?;
@@ -130,8 +152,8 @@ impl Broker {
         };
         let jkt = match self.child_binding(
             x.dpop_jkt.as_deref(),
-            claims.cnf.is_none().then_some(proof_jkt).flatten(),
-            claims.cnf.is_some(),
+            parent_jkt.is_none().then_some(proof_jkt).flatten(),
+            parent_jkt.is_some(),
             &child,
         ) {
             Ok(j) => j,
@@ -171,6 +193,7 @@ impl Broker {
             ended_at: None,
             end_reason: None,
             jkt: jkt.clone(),
+            x5t: None,
             budget: ask.budget,
             flow,
             provenance: Default::default(),
@@ -261,7 +284,7 @@ impl Broker {
             scope: task.scope.to_string(),
             task_id: task.id.to_string(),
             authorization_details: details.clone(),
-            cnf: jkt.clone().map(|jkt| Confirmation { jkt }),
+            cnf: Confirmation::of(jkt.clone(), None),
             act: Some(act),
         };
         let token = self

@@ -538,6 +538,7 @@ impl Broker {
         &self,
         token: &str,
         dpop: Option<&crate::DpopInput>,
+        cert: Option<&crate::ClientCert>,
         name: &str,
     ) -> Result<IssuedCredential, CredentialError> {
         let target = crate::Target {
@@ -545,7 +546,7 @@ impl Broker {
             id: format!("credential:{name}"),
         };
         let (claims, _) = self
-            .credential_or_audit(token, dpop, "fetch_credential", &target)
+            .credential_or_audit(token, dpop, cert, "fetch_credential", &target)
             .await
             .map_err(CredentialError::Token)?;
         self.task_credential(&claims.task_id, name).await

@@ -43,7 +43,7 @@ use mandate_policy::{AgentFacts, EntityIndex, PolicyBundle, PolicyEngine};
 use mandate_store::{Op, Store};
 
 pub use admin::{Activity, AgentView, ApiTokenIssued, NewAgent, NewOwner, Principal};
-pub use attest::{ClientAuth, JWT_BEARER, JWT_SPIFFE};
+pub use attest::{ClientAuth, ClientCert, JWT_BEARER, JWT_SPIFFE};
 pub use config::{BrokerConfig, OidcProvider, Webhook};
 pub use decide::{DecideInput, DecisionOutcome, DpopInput, PendingAudit, Target, TaskView};
 pub use error::{AdminError, CredentialError, DecideError, OAuthError};

@@ -347,7 +347,9 @@ impl Broker {
                 return Err(e);
             }
         };
-        self.issue_task(agent, ask, jkt, &once, None).await
+        // Mutual TLS (RFC 8705 section 3): the credential is bound to the certificate too.
+        let x5t = req.auth.tls_cert.as_ref().map(|c| c.x5t_s256.clone());
+        self.issue_task(agent, ask, jkt, x5t, &once, None).await
     }
 
     /// Checks the DPoP proof sent to the token endpoint for a credential of `agent`: the key
@@ -395,6 +397,7 @@ impl Broker {
         agent: Agent,
         mut ask: TaskAsk,
         jkt: Option<String>,
+        x5t: Option<String>,
         once: &[(String, Timestamp)],
         on_behalf_of: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
@@ -424,6 +427,7 @@ impl Broker {
             ended_at: None,
             end_reason: None,
             jkt: jkt.clone(),
+            x5t: x5t.clone(),
             budget: ask.budget,
             flow: Default::default(),
             provenance: Default::default(),
@@ -442,6 +446,7 @@ impl Broker {
             "requested_scope": (requested != task.scope).then(|| requested.to_string()),
             "ttl": ask.ttl,
             "dpop_bound": jkt.is_some(),
+            "certificate_bound": x5t.is_some(),
         });
         if let (Some(person), Some(d)) = (on_behalf_of, e.detail.as_object_mut()) {
             d.insert("on_behalf_of".into(), serde_json::json!(person));
@@ -470,7 +475,7 @@ impl Broker {
             scope: task.scope.to_string(),
             task_id: task.id.to_string(),
             authorization_details: details.clone(),
-            cnf: jkt.clone().map(|jkt| Confirmation { jkt }),
+            cnf: Confirmation::of(jkt.clone(), x5t.clone()),
             act: None,
         };
         let token = self
@@ -695,7 +700,7 @@ impl Broker {
             o.insert(
                 "token_type".into(),
                 Value::String(
-                    if claims.cnf.is_some() {
+                    if claims.cnf.as_ref().is_some_and(|c| c.jkt.is_some()) {
                         "DPoP"
                     } else {
                         "Bearer"

@@ -21,6 +21,8 @@ pub struct ReportInput {
     pub token: String,
     /// Its DPoP proof, when the credential is key-bound.
     pub dpop: Option<DpopInput>,
+    /// The client certificate of the connection it came over, when verified (mutual TLS).
+    pub client_cert: Option<crate::ClientCert>,
     /// The tool or resource whose output this was.
     pub target: Option<Target>,
     /// Data classes seen in the output.
@@ -125,6 +127,7 @@ impl Broker {
             .credential_or_audit(
                 &input.token,
                 input.dpop.as_ref(),
+                input.client_cert.as_ref(),
                 "report",
                 input.target.as_ref().unwrap_or(&probe),
             )

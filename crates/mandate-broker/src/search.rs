@@ -23,11 +23,12 @@ impl Broker {
         &self,
         token: &str,
         dpop: Option<&DpopInput>,
+        cert: Option<&crate::ClientCert>,
         action: &str,
         kind: Option<TargetKind>,
     ) -> Result<Vec<Target>, DecideError> {
         check_action(action).map_err(|e| DecideError::BadRequest(e.to_string()))?;
-        let view = self.task_view(token, dpop).await?;
+        let view = self.task_view(token, dpop, cert).await?;
         let candidates: Vec<Target> = view
             .scope
             .pairs()
@@ -53,10 +54,11 @@ impl Broker {
         &self,
         token: &str,
         dpop: Option<&DpopInput>,
+        cert: Option<&crate::ClientCert>,
         target: &Target,
     ) -> Result<Vec<String>, DecideError> {
         check_target(&target.id).map_err(|e| DecideError::BadRequest(e.to_string()))?;
-        let view = self.task_view(token, dpop).await?;
+        let view = self.task_view(token, dpop, cert).await?;
         let candidates: Vec<(String, Target)> = view
             .scope
             .pairs()
@@ -144,6 +146,7 @@ impl Broker {
                 let input = DecideInput {
                     token: String::new(),
                     dpop: None,
+                    client_cert: None,
                     action: action.clone(),
                     target: target.clone(),
                     context: serde_json::Map::new(),

@@ -144,6 +144,7 @@ async fn run(envelopes: Vec<Pairs>, steps: Vec<(usize, usize, Pairs, i64)>, revo
                 client_id: None,
                 assertion_type: Some(JWT_BEARER.into()),
                 assertion: assertion(0),
+                tls_cert: None,
             },
             scope: Some(text(&envelopes[0])),
             ..Default::default()
@@ -250,6 +251,7 @@ async fn run(envelopes: Vec<Pairs>, steps: Vec<(usize, usize, Pairs, i64)>, revo
                 .decide(&DecideInput {
                     token,
                     dpop: None,
+                    client_cert: None,
                     action: ACTIONS[a].into(),
                     target: Target {
                         kind: TargetKind::Tool,

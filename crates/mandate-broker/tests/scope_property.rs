@@ -120,6 +120,7 @@ async fn run(variant: u8, granted: Vec<(usize, usize)>, requests: Vec<(usize, us
                     key.assertion("agent", &format!("{issuer}/oauth/token"), 60)
                         .unwrap(),
                 ),
+                tls_cert: None,
             },
             scope: Some(scope_text.join(" ")),
             authorization_details: None,
@@ -138,6 +139,7 @@ async fn run(variant: u8, granted: Vec<(usize, usize)>, requests: Vec<(usize, us
             .decide(&DecideInput {
                 token: token.clone(),
                 dpop: None,
+                client_cert: None,
                 action: action.into(),
                 target: Target {
                     kind: if t % 2 == 0 {

@@ -14,6 +14,7 @@ pub mod json;
 pub mod model;
 pub mod provenance;
 pub mod scope;
+pub mod spiffe;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use ids::{AgentId, IdError, OwnerId, TaskId};

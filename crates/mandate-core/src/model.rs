@@ -88,6 +88,12 @@ pub enum Attestation {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         claims: BTreeMap<String, String>,
     },
+    /// An X.509-SVID presented over mutual TLS (RFC 8705 `tls_client_auth`): the certificate
+    /// chains to a configured SPIFFE trust bundle and its one URI SAN is this SPIFFE ID.
+    X509Svid {
+        /// The SPIFFE ID, `spiffe://trust-domain/path`.
+        spiffe_id: String,
+    },
 }
 
 impl Attestation {
@@ -96,6 +102,7 @@ impl Attestation {
         match self {
             Attestation::PrivateKeyJwt { .. } => "private_key_jwt",
             Attestation::ExternalJwt { .. } => "external_jwt",
+            Attestation::X509Svid { .. } => "x509_svid",
         }
     }
 }
@@ -157,7 +164,7 @@ impl Agent {
             .iter()
             .filter_map(|a| match a {
                 Attestation::PrivateKeyJwt { public_key } => Some(public_key.as_str()),
-                Attestation::ExternalJwt { .. } => None,
+                Attestation::ExternalJwt { .. } | Attestation::X509Svid { .. } => None,
             })
             .collect()
     }
@@ -323,6 +330,10 @@ pub struct Task {
     /// RFC 7638 thumbprint of the key the credential is bound to (DPoP `cnf.jkt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jkt: Option<String>,
+    /// RFC 8705 thumbprint of the client certificate the credential is bound to
+    /// (`cnf.x5t#S256`), when it was opened over mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x5t: Option<String>,
     /// Per-task limits asked for at admission.
     #[serde(default, skip_serializing_if = "Budget::is_empty")]
     pub budget: Budget,

@@ -10,10 +10,21 @@ use crate::keys::KeyRing;
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
 /// Proof-of-possession confirmation (RFC 7800 `cnf`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confirmation {
-    /// RFC 7638 thumbprint of the key the token is bound to (RFC 9449).
-    pub jkt: String,
+    /// RFC 7638 thumbprint of the key the token is bound to (RFC 9449 DPoP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
+    /// Base64url SHA-256 of the DER of the client certificate the token is bound to (RFC 8705).
+    #[serde(rename = "x5t#S256", default, skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
+}
+
+impl Confirmation {
+    /// The confirmation for these bindings, or `None` for a bearer token.
+    pub fn of(jkt: Option<String>, x5t_s256: Option<String>) -> Option<Self> {
+        (jkt.is_some() || x5t_s256.is_some()).then_some(Confirmation { jkt, x5t_s256 })
+    }
 }
 
 /// The claims of a task credential.

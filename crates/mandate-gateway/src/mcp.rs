@@ -12,7 +12,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use mandate_broker::{DecideError, DecideInput, DpopInput, EventKind, ReportInput, Target};
+use mandate_broker::{
+    ClientCert, DecideError, DecideInput, DpopInput, EventKind, ReportInput, Target,
+};
 use mandate_policy::TargetKind;
 use serde_json::{Map, Value, json};
 
@@ -127,13 +129,21 @@ async fn no_stream() -> Response {
 }
 
 /// Ends a session: only the agent that opened it may, with a live credential.
-async fn end_session(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+async fn end_session(
+    State(gw): State<Arc<Gateway>>,
+    cert: Option<axum::Extension<ClientCert>>,
+    headers: HeaderMap,
+) -> Response {
     let (token, dpop, dpop_scheme) = match credential(&gw, &headers, "DELETE") {
         Ok(Some(c)) => c,
         Ok(None) => return unauthorized(&gw, "a task credential is required", false),
         Err(m) => return unauthorized(&gw, &m, true),
     };
-    let view = match gw.broker.task_view(&token, dpop.as_ref()).await {
+    let view = match gw
+        .broker
+        .task_view(&token, dpop.as_ref(), cert.as_deref())
+        .await
+    {
         Ok(v) => v,
         Err(e) => return refusal(&gw, e, dpop_scheme),
     };
@@ -237,7 +247,12 @@ fn loopback_origin(origin: &str) -> bool {
     })
 }
 
-async fn handle(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(gw): State<Arc<Gateway>>,
+    cert: Option<axum::Extension<ClientCert>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !origin_allowed(&gw, &headers) {
         return (
             StatusCode::FORBIDDEN,
@@ -326,7 +341,11 @@ async fn handle(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes)
     };
     let session = headers.get("mcp-session-id").and_then(|v| v.to_str().ok());
     // Every request, notifications included, must come with a live credential.
-    let view = match gw.broker.task_view(&token, dpop.as_ref()).await {
+    let view = match gw
+        .broker
+        .task_view(&token, dpop.as_ref(), cert.as_deref())
+        .await
+    {
         Ok(v) => v,
         Err(e) => return refusal(&gw, e, dpop_scheme),
     };
@@ -643,8 +662,10 @@ async fn call(
         .map(str::to_string);
     let input = DecideInput {
         token: token.to_string(),
-        // The proof of this HTTP request was spent by the credential check already.
+        // The proof of this HTTP request was spent by the credential check already, and the
+        // certificate checked there.
         dpop: None,
+        client_cert: None,
         action: aim.action.to_string(),
         target: aim.target.clone(),
         context: Map::new(),
@@ -726,6 +747,7 @@ async fn call(
             let report = ReportInput {
                 token: String::new(),
                 dpop: None,
+                client_cert: None,
                 target: Some(aim.target.clone()),
                 data_classes: classes,
                 output: Some(output_text(&result).unwrap_or(text)),

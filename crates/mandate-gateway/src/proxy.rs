@@ -23,7 +23,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use mandate_broker::{DecideError, DecideInput, DpopInput, EventKind, ReportInput, Target};
+use mandate_broker::{
+    ClientCert, DecideError, DecideInput, DpopInput, EventKind, ReportInput, Target,
+};
 use mandate_policy::TargetKind;
 use serde_json::{Map, Value, json};
 
@@ -449,6 +451,8 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let input = DecideInput {
         token,
         dpop,
+        // Set by the TLS layer of `mandate serve` when the agent presented an X.509-SVID.
+        client_cert: parts.extensions.get::<ClientCert>().cloned(),
         action: route.action.clone(),
         target: Target {
             kind: TargetKind::Resource,
@@ -673,6 +677,7 @@ impl Scan {
         ReportInput {
             token: String::new(),
             dpop: None,
+            client_cert: None,
             target: Some(target.clone()),
             data_classes: classes,
             output: Some(window),

@@ -172,6 +172,7 @@ fn input(e: &Evaluation) -> Result<(DecideInput, Option<String>), String> {
         DecideInput {
             token,
             dpop,
+            client_cert: None,
             action: name,
             target: Target { kind, id },
             context: e.context.clone().unwrap_or_default(),
@@ -209,8 +210,15 @@ fn refused(status: u16, code: &str, msg: &str) -> Value {
 
 /// Evaluates one request: a decision (`true`/`false`), never an HTTP error for a bad
 /// credential, so that one refused item does not fail a batch.
-async fn evaluate(s: &AppState, e: &Evaluation) -> Result<Value, String> {
-    let (input, subject_id) = input(e)?;
+async fn evaluate(
+    s: &AppState,
+    e: &Evaluation,
+    cert: Option<&mandate_broker::ClientCert>,
+) -> Result<Value, String> {
+    let (mut input, subject_id) = input(e)?;
+    // A certificate-bound credential is judged against the certificate of this connection: the
+    // agent's own, when it asks itself.
+    input.client_cert = cert.cloned();
     match s.broker.decide(&input).await {
         Ok(o) => {
             if let Some(id) = subject_id
@@ -235,6 +243,7 @@ async fn evaluate(s: &AppState, e: &Evaluation) -> Result<Value, String> {
 /// `POST /access/v1/evaluation`.
 pub(crate) async fn evaluation(
     State(s): State<AppState>,
+    cert: Option<axum::Extension<mandate_broker::ClientCert>>,
     headers: HeaderMap,
     body: Limited,
 ) -> Response {
@@ -242,7 +251,7 @@ pub(crate) async fn evaluation(
         Ok(e) => e,
         Err(r) => return with_request_id(r, &headers),
     };
-    let r = match evaluate(&s, &e).await {
+    let r = match evaluate(&s, &e, cert.as_deref()).await {
         Ok(v) => axum::Json(v).into_response(),
         Err(m) => bad(&m),
     };
@@ -261,6 +270,7 @@ fn merged(defaults: &Evaluation, item: &Evaluation) -> Evaluation {
 /// `POST /access/v1/evaluations`.
 pub(crate) async fn evaluations(
     State(s): State<AppState>,
+    cert: Option<axum::Extension<mandate_broker::ClientCert>>,
     headers: HeaderMap,
     body: Limited,
 ) -> Response {
@@ -289,7 +299,7 @@ pub(crate) async fn evaluations(
         Some(items) if !items.is_empty() => items,
         // Without items the request is a single evaluation, answered as one.
         _ => {
-            let r = match evaluate(&s, &req.defaults).await {
+            let r = match evaluate(&s, &req.defaults, cert.as_deref()).await {
                 Ok(v) => axum::Json(v).into_response(),
                 Err(m) => bad(&m),
             };
@@ -306,7 +316,7 @@ pub(crate) async fn evaluations(
     }
     let mut out = Vec::with_capacity(items.len());
     for item in items {
-        let v = match evaluate(&s, &merged(&req.defaults, item)).await {
+        let v = match evaluate(&s, &merged(&req.defaults, item), cert.as_deref()).await {
             Ok(v) => v,
             Err(m) => refused(400, "invalid_request", &m),
         };
@@ -472,6 +482,7 @@ fn searched(r: Result<Value, String>, headers: &HeaderMap) -> Response {
 /// `POST /access/v1/search/resource`: the targets the subject's task may act on with `action`.
 pub(crate) async fn search_resource(
     State(s): State<AppState>,
+    cert: Option<axum::Extension<mandate_broker::ClientCert>>,
     headers: HeaderMap,
     body: Limited,
 ) -> Response {
@@ -496,7 +507,7 @@ pub(crate) async fn search_resource(
     };
     match s
         .broker
-        .search_targets(&token, dpop.as_ref(), &action, kind)
+        .search_targets(&token, dpop.as_ref(), cert.as_deref(), &action, kind)
         .await
     {
         Ok(targets) => {
@@ -514,6 +525,7 @@ pub(crate) async fn search_resource(
 /// `POST /access/v1/search/action`: the actions the subject's task may take on the resource.
 pub(crate) async fn search_action(
     State(s): State<AppState>,
+    cert: Option<axum::Extension<mandate_broker::ClientCert>>,
     headers: HeaderMap,
     body: Limited,
 ) -> Response {
@@ -537,7 +549,7 @@ pub(crate) async fn search_action(
     };
     match s
         .broker
-        .search_actions(&token, dpop.as_ref(), &target)
+        .search_actions(&token, dpop.as_ref(), cert.as_deref(), &target)
         .await
     {
         Ok(actions) => {

@@ -12,6 +12,7 @@ mod body;
 mod console;
 mod errors;
 mod oauth;
+pub mod tls;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -109,20 +110,34 @@ pub fn router(broker: Arc<Broker>) -> Router {
 }
 
 /// Serves the application, plus `extra` routes (the gateway), on `listener` until `shutdown`
-/// resolves.
+/// resolves; over TLS when `tls` is given (see [`tls`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     broker: Arc<Broker>,
     extra: Option<Router>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = match extra {
         Some(extra) => extra.merge(router(broker)),
         None => router(broker),
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    match tls {
+        Some(cfg) => {
+            let app = app.layer(axum::middleware::from_fn(tls::attach_client_cert));
+            axum::serve(
+                tls::TlsListener::new(listener, cfg),
+                app.into_make_service_with_connect_info::<tls::Peer>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 async fn not_found() -> Response {
@@ -257,7 +272,12 @@ fn credential(
     }
 }
 
-async fn decide(State(s): State<AppState>, headers: HeaderMap, body: body::Limited) -> Response {
+async fn decide(
+    State(s): State<AppState>,
+    cert: Option<axum::Extension<mandate_broker::ClientCert>>,
+    headers: HeaderMap,
+    body: body::Limited,
+) -> Response {
     let parsed: DecideBody = match body.json(&s.broker, "/v1/decide").await {
         Ok(b) => b,
         Err(r) => return r,
@@ -269,6 +289,7 @@ async fn decide(State(s): State<AppState>, headers: HeaderMap, body: body::Limit
     let input = DecideInput {
         token,
         dpop,
+        client_cert: cert.map(|axum::Extension(c)| c),
         action: parsed.action,
         target: Target {
             kind: parsed.resource.kind,
@@ -298,6 +319,7 @@ async fn decide(State(s): State<AppState>, headers: HeaderMap, body: body::Limit
 async fn fetch_credential(
     State(s): State<AppState>,
     axum::extract::Path(name): axum::extract::Path<String>,
+    cert: Option<axum::Extension<mandate_broker::ClientCert>>,
     headers: HeaderMap,
 ) -> Response {
     if mandate_broker::check_secret_name(&name).is_err() {
@@ -314,7 +336,7 @@ async fn fetch_credential(
     };
     match s
         .broker
-        .fetch_credential(&token, dpop.as_ref(), &name)
+        .fetch_credential(&token, dpop.as_ref(), cert.as_deref(), &name)
         .await
     {
         Ok(issued) => {
@@ -348,7 +370,12 @@ async fn ssh_ca(
     }
 }
 
-async fn report(State(s): State<AppState>, headers: HeaderMap, body: body::Limited) -> Response {
+async fn report(
+    State(s): State<AppState>,
+    cert: Option<axum::Extension<mandate_broker::ClientCert>>,
+    headers: HeaderMap,
+    body: body::Limited,
+) -> Response {
     let parsed: ReportBody = match body.json(&s.broker, "/v1/report").await {
         Ok(b) => b,
         Err(r) => return r,
@@ -360,6 +387,7 @@ async fn report(State(s): State<AppState>, headers: HeaderMap, body: body::Limit
     let input = mandate_broker::ReportInput {
         token,
         dpop,
+        client_cert: cert.map(|axum::Extension(c)| c),
         target: parsed.resource.map(|r| Target {
             kind: r.kind,
             id: r.id,

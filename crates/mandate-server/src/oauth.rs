@@ -53,11 +53,12 @@ pub(crate) async fn jwks(State(s): State<AppState>) -> Response {
     r
 }
 
-fn client_auth(form: &Form) -> ClientAuth {
+fn client_auth(form: &Form, cert: Option<&mandate_broker::ClientCert>) -> ClientAuth {
     ClientAuth {
         client_id: form.get("client_id"),
         assertion_type: form.get("client_assertion_type"),
         assertion: form.get("client_assertion"),
+        tls_cert: cert.cloned(),
     }
 }
 
@@ -73,6 +74,7 @@ async fn read_form(s: &AppState, body: Limited, path: &str) -> Result<Form, Resp
 
 pub(crate) async fn token(
     State(s): State<AppState>,
+    cert: Option<axum::Extension<mandate_broker::ClientCert>>,
     headers: HeaderMap,
     body: Limited,
 ) -> Response {
@@ -88,7 +90,7 @@ pub(crate) async fn token(
     };
     let req = TokenRequest {
         grant_type: form.get("grant_type"),
-        auth: client_auth(&form),
+        auth: client_auth(&form, cert.as_deref()),
         scope: form.get("scope"),
         authorization_details: form.get("authorization_details"),
         dpop,
@@ -123,7 +125,12 @@ pub(crate) async fn token(
 
 /// Who is calling introspection or revocation: a person (Bearer API token) or an agent (client
 /// assertion).
-async fn caller(s: &AppState, headers: &HeaderMap, form: &Form) -> Result<Caller, Response> {
+async fn caller(
+    s: &AppState,
+    headers: &HeaderMap,
+    form: &Form,
+    cert: Option<&mandate_broker::ClientCert>,
+) -> Result<Caller, Response> {
     if let Some((token, false)) = crate::auth_header(headers) {
         return s
             .broker
@@ -133,13 +140,14 @@ async fn caller(s: &AppState, headers: &HeaderMap, form: &Form) -> Result<Caller
             .map_err(crate::errors::admin_error);
     }
     s.broker
-        .authenticate_caller(&client_auth(form))
+        .authenticate_caller(&client_auth(form, cert))
         .await
         .map_err(oauth_error)
 }
 
 pub(crate) async fn introspect(
     State(s): State<AppState>,
+    cert: Option<axum::Extension<mandate_broker::ClientCert>>,
     headers: HeaderMap,
     body: Limited,
 ) -> Response {
@@ -147,7 +155,7 @@ pub(crate) async fn introspect(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let who = match caller(&s, &headers, &form).await {
+    let who = match caller(&s, &headers, &form, cert.as_deref()).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -167,6 +175,7 @@ pub(crate) async fn introspect(
 
 pub(crate) async fn revoke(
     State(s): State<AppState>,
+    cert: Option<axum::Extension<mandate_broker::ClientCert>>,
     headers: HeaderMap,
     body: Limited,
 ) -> Response {
@@ -174,7 +183,7 @@ pub(crate) async fn revoke(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let who = match caller(&s, &headers, &form).await {
+    let who = match caller(&s, &headers, &form, cert.as_deref()).await {
         Ok(c) => c,
         Err(r) => return r,
     };

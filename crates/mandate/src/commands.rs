@@ -288,6 +288,10 @@ pub struct AgentAdd {
     /// Further claim external tokens must carry, as `name=value`; repeatable.
     #[arg(long = "claim", value_name = "NAME=VALUE", requires = "jwt_issuer")]
     claims: Vec<String>,
+    /// SPIFFE ID of the X.509-SVID the agent presents over mutual TLS (RFC 8705
+    /// `tls_client_auth`; needs `[server.tls]` with its trust domain).
+    #[arg(long, value_name = "SPIFFE_ID")]
+    spiffe_id: Option<String>,
     /// Intent used when the agent asks with a plain `scope`.
     #[arg(long)]
     intent: Option<String>,
@@ -326,8 +330,13 @@ pub async fn agent(global: &Global, settings: &Settings, cmd: AgentCmd) -> anyho
                     "audience": a.audience, "claims": claims,
                 }));
             }
+            if let Some(id) = a.spiffe_id {
+                attestations.push(json!({"type": "x509_svid", "spiffe_id": id.trim()}));
+            }
             if attestations.is_empty() {
-                bail!("give the agent a way to prove its identity: --public-key or --jwt-issuer");
+                bail!(
+                    "give the agent a way to prove its identity: --public-key, --jwt-issuer or --spiffe-id"
+                );
             }
             let intent = a
                 .intent

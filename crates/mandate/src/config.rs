@@ -75,6 +75,25 @@ struct RawGovernance {
 struct RawServer {
     listen: Option<String>,
     public_url: Option<String>,
+    tls: Option<RawTls>,
+}
+
+/// `[server.tls]`: serve HTTPS, and attest agents by X.509-SVID over mutual TLS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    #[serde(default)]
+    trust_domains: Vec<RawTrustDomain>,
+}
+
+/// `[[server.tls.trust_domains]]`: a SPIFFE trust domain and its bundle of CAs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrustDomain {
+    name: String,
+    bundle: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +223,8 @@ pub struct Settings {
     pub oidc: Option<mandate_broker::OidcProvider>,
     /// Dynamic credentials (`[[credentials]]`).
     pub credentials: Vec<mandate_broker::Credential>,
+    /// TLS for the listener (`[server.tls]`), with the SPIFFE trust domains of agents.
+    pub tls: Option<mandate_server::tls::TlsSettings>,
 }
 
 fn positive(name: &str, v: i64, max: i64) -> anyhow::Result<i64> {
@@ -431,6 +452,15 @@ impl Settings {
             oidc,
             credentials: mandate_broker::check_credentials(&raw.credentials)
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
+            tls: raw.server.tls.map(|t| mandate_server::tls::TlsSettings {
+                cert_file: t.cert_file,
+                key_file: t.key_file,
+                trust_domains: t
+                    .trust_domains
+                    .into_iter()
+                    .map(|d| (d.name, d.bundle))
+                    .collect(),
+            }),
             data_dir,
         })
     }

@@ -54,14 +54,20 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let replicated = store.is_shared();
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(mandate_server::tls::server_config)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    let issuer = settings
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+    let issuer = settings.public_url.clone().unwrap_or_else(|| {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    });
     let mut cfg = BrokerConfig::new(&issuer, settings.policy_dir.clone());
     cfg.default_task_ttl = settings.default_ttl;
     cfg.max_task_ttl = settings.max_ttl;
@@ -119,6 +125,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         listener,
         broker.clone(),
         extra,
+        tls,
         shutdown,
     ));
     Ok(Running {
