@@ -26,10 +26,20 @@ pub struct AdminClient {
 impl AdminClient {
     /// A client for `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: &str, token: String) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .context("cannot build http client")?;
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        // A broker serving TLS with a private CA (`[server.tls]`): trust that CA too.
+        if let Some(path) = std::env::var_os("MANDATE_CA_FILE") {
+            let pem = std::fs::read(&path).with_context(|| {
+                format!("cannot read MANDATE_CA_FILE `{}`", path.to_string_lossy())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!("MANDATE_CA_FILE `{}` is not PEM", path.to_string_lossy())
+            })?;
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder.build().context("cannot build http client")?;
         Ok(AdminClient {
             base: base.trim_end_matches('/').to_string(),
             token,
