@@ -460,7 +460,9 @@ impl Broker {
         let mut by_owner: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         let mut flagged: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut standing = 0u64;
+        let mut live_leases = 0usize;
         for a in &agents {
+            live_leases += a.leases.len();
             let owner = a
                 .agent
                 .owner
@@ -548,6 +550,7 @@ impl Broker {
                 "by_owner": by_owner,
                 "flags": flagged,
                 "standing_privilege": standing,
+                "live_leases": live_leases,
             },
             "agents": agents,
             "denied_decisions": denied.json(),

@@ -450,6 +450,8 @@ pub(crate) struct Leases {
     handed: Mutex<HashMap<(String, String), IssuedCredential>>,
     minting: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
     cas: Mutex<HashMap<String, Arc<ssh::Ca>>>,
+    /// When a failing revocation was last logged, per lease (once a minute, not every pass).
+    warned: Mutex<HashMap<String, std::time::Instant>>,
     /// Wakes the reaper (a task ended here).
     pub(crate) wake: tokio::sync::Notify,
 }
@@ -1120,11 +1122,19 @@ impl Broker {
             };
             match self.revoke_downstream(&l).await {
                 Ok(()) => {
+                    lock(&self.leases.warned).remove(&l.id);
                     let from = l.state;
                     self.close_lease(l, from, &reason).await;
                 }
                 Err(e) => {
-                    tracing::warn!(lease = %l.id, credential = %l.credential, error = %e, "could not revoke a lease; will retry");
+                    let mut warned = lock(&self.leases.warned);
+                    let due = warned
+                        .get(&l.id)
+                        .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60));
+                    if due {
+                        warned.insert(l.id.clone(), std::time::Instant::now());
+                        tracing::warn!(lease = %l.id, credential = %l.credential, error = %e, "could not revoke a lease; retrying until it is");
+                    }
                 }
             }
         }

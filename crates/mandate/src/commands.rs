@@ -519,6 +519,21 @@ fn show_agent(global: &Global, v: &Value) {
         ("confirmation due", time(v, "confirmation_due")),
         ("standing privilege", field(v, "standing_privilege")),
         (
+            "live leases",
+            list(at(v, "leases"))
+                .map(|l| {
+                    format!(
+                        "{} ({}, task {}, until {})",
+                        field(l, "credential"),
+                        field(l, "kind"),
+                        field(l, "task"),
+                        time(l, "expires_at")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        (
             "high-risk writes",
             list(at(v, "high_risk_writes"))
                 .filter_map(|x| x.as_str().map(str::to_string))
@@ -1075,6 +1090,101 @@ pub async fn secret(global: &Global, settings: &Settings, cmd: SecretCmd) -> any
             c.delete(&format!("/admin/v1/secrets/{}", seg(&name)))
                 .await?;
             println!("deleted secret {name}");
+        }
+    }
+    Ok(())
+}
+
+/// Dynamic credential commands.
+#[derive(Subcommand, Debug)]
+pub enum CredentialCmd {
+    /// List leases: which task holds which downstream credential, until when, and why it was
+    /// revoked. Owners see their agents' leases.
+    Leases {
+        /// Only of this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only of this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only pending or live ones.
+        #[arg(long)]
+        open: bool,
+        /// At most this many (1 to 1000).
+        #[arg(long)]
+        limit: Option<i64>,
+    },
+    /// Print the CA public key of an `ssh` credential, for sshd's `TrustedUserCAKeys`.
+    SshCa {
+        /// The credential's name.
+        name: String,
+    },
+}
+
+pub async fn credential(
+    global: &Global,
+    settings: &Settings,
+    cmd: CredentialCmd,
+) -> anyhow::Result<()> {
+    let c = admin(global, settings)?;
+    match cmd {
+        CredentialCmd::Leases {
+            agent,
+            task,
+            open,
+            limit,
+        } => {
+            let mut q = vec![format!("open={open}")];
+            if let Some(a) = agent {
+                q.push(format!("agent={}", seg(&a)));
+            }
+            if let Some(t) = task {
+                q.push(format!("task={}", seg(&t)));
+            }
+            if let Some(l) = limit {
+                q.push(format!("limit={l}"));
+            }
+            let v = c.get(&format!("/admin/v1/leases?{}", q.join("&"))).await?;
+            if global.json {
+                output::json(&v);
+            } else {
+                let rows = list(&v)
+                    .map(|l| {
+                        vec![
+                            field(l, "id"),
+                            field(l, "credential"),
+                            field(l, "kind"),
+                            field(l, "agent"),
+                            field(l, "task"),
+                            field(l, "state"),
+                            time(l, "expires_at"),
+                            field(l, "end_reason"),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &[
+                        "LEASE",
+                        "CREDENTIAL",
+                        "KIND",
+                        "AGENT",
+                        "TASK",
+                        "STATE",
+                        "EXPIRES",
+                        "ENDED BECAUSE",
+                    ],
+                    rows,
+                );
+            }
+        }
+        CredentialCmd::SshCa { name } => {
+            let v = c
+                .get(&format!("/v1/credentials/{}/ssh-ca", seg(&name)))
+                .await?;
+            match v.as_str() {
+                Some(line) => println!("{}", line.trim()),
+                None => bail!("the server did not answer with a public key"),
+            }
         }
     }
     Ok(())

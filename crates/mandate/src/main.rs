@@ -82,6 +82,9 @@ enum Command {
     /// Manage brokered secrets: values the gateway injects upstream and agents never see.
     #[command(subcommand)]
     Secret(commands::SecretCmd),
+    /// Dynamic credentials: per-task leases of downstream roles, certificates and tokens.
+    #[command(subcommand)]
+    Credential(commands::CredentialCmd),
     /// Verify, trace and export the audit trail (reads the store directly).
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -164,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(c) => commands::policy(&cli.global, &settings()?, c).await,
         Command::Approval(c) => commands::approval(&cli.global, &settings()?, c).await,
         Command::Secret(c) => commands::secret(&cli.global, &settings()?, c).await,
+        Command::Credential(c) => commands::credential(&cli.global, &settings()?, c).await,
         Command::Audit(c) => audit::run(&cli.global, &settings()?, c).await,
         Command::Report(a) => report::run(&cli.global, &settings()?, a).await,
         Command::Keys(c) => commands::keys(&cli.global, &settings()?, c).await,

@@ -90,9 +90,10 @@ pub fn markdown(r: &Value) -> String {
     let _ = writeln!(m, "## Inventory\n");
     let _ = writeln!(
         m,
-        "{} agents. Live credentials outliving policy (standing privilege): **{}**.\n",
+        "{} agents. Live credentials or downstream leases outliving policy or their task (standing privilege): **{}**. Live per-task downstream leases: {}.\n",
         field(inv, "agents"),
-        field(inv, "standing_privilege")
+        field(inv, "standing_privilege"),
+        field(inv, "live_leases")
     );
     let _ = writeln!(m, "| Owner | low | medium | high |\n|---|---|---|---|");
     if let Some(owners) = at(inv, "by_owner").as_object() {

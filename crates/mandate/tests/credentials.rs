@@ -583,3 +583,44 @@ async fn a_restart_revokes_leases_whose_task_ended_meanwhile_and_half_made_ones(
     let (_, report) = s.b.admin_get("/admin/v1/agents/analyst").await;
     assert_eq!(report["standing_privilege"], 0, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_cannot_be_revoked_is_flagged_until_it_is() {
+    let s = setup().await;
+    let (_, t) = s.b.open_scope(&s.key, "analyst", "read:orders").await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    let (st, c) = fetch(&s.b, Some(&token), "orders_db").await;
+    assert_eq!(st, 200, "{c}");
+    let role = c["username"].as_str().unwrap().to_string();
+
+    // The admin connection is taken away, then the task ends: the role cannot be dropped.
+    let (st, v) = s.b.admin_delete("/admin/v1/secrets/orders_db_admin").await;
+    assert!(st < 300, "{v}");
+    let (st, _) = s.b.revoke_as_agent(&s.key, "analyst", &token).await;
+    assert_eq!(st, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(role_exists(&s.db, &role).await);
+    // Governance says so: the lease outlives its task.
+    let (_, agent) = s.b.admin_get("/admin/v1/agents/analyst").await;
+    assert_eq!(agent["standing_privilege"], 1, "{agent}");
+    assert!(
+        agent["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("standing-privilege")),
+        "{agent}"
+    );
+    let listed = s.b.cli_json(&["credential", "leases", "--open"]);
+    assert_eq!(listed[0]["handle"], role.as_str(), "{listed}");
+
+    // Nothing was lost: once the admin connection is back, the reaper finishes the job.
+    set_secret(&s.b, "orders_db_admin", &s.db);
+    within("role dropped once revocation works again", || {
+        let db = s.db.clone();
+        let role = role.clone();
+        async move { !role_exists(&db, &role).await }
+    })
+    .await;
+    let (_, agent) = s.b.admin_get("/admin/v1/agents/analyst").await;
+    assert_eq!(agent["standing_privilege"], 0, "{agent}");
+}

@@ -184,12 +184,22 @@ force_command = "echo forced:$SSH_ORIGINAL_COMMAND"
     let b = Broker::start_with(&["--config", cfg.to_str().unwrap()]).await;
     // Mandate made the revocation file (sshd refuses every key while it is missing) and the CA.
     assert!(revoked.exists());
-    let ca = reqwest::get(format!("{}/v1/credentials/build_host/ssh-ca", b.url))
+    // What an operator runs to configure sshd.
+    let out = b.cli(&["credential", "ssh-ca", "build_host"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = String::from_utf8(out.stdout).unwrap();
+    // The same key is published without authentication (it is public).
+    let published = reqwest::get(format!("{}/v1/credentials/build_host/ssh-ca", b.url))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
+    assert_eq!(published.trim(), ca.trim());
     assert!(ca.starts_with("ssh-ed25519 "), "{ca}");
     let server = sshd(dir.path(), &ca, &revoked);
 
