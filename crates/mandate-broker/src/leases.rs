@@ -447,8 +447,8 @@ impl From<&Lease> for LeaseView {
 /// call), one lock per (task, credential) so a task mints once, the SSH CAs opened.
 #[derive(Default)]
 pub(crate) struct Leases {
-    handed: Mutex<HashMap<(String, String), IssuedCredential>>,
-    minting: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    handed: Mutex<HashMap<LeaseKey, IssuedCredential>>,
+    minting: Mutex<HashMap<LeaseKey, Arc<tokio::sync::Mutex<()>>>>,
     cas: Mutex<HashMap<String, Arc<ssh::Ca>>>,
     /// When a failing revocation was last logged, per lease (once a minute, not every pass).
     warned: Mutex<HashMap<String, std::time::Instant>>,
@@ -461,6 +461,9 @@ impl std::fmt::Debug for Leases {
         f.write_str("Leases")
     }
 }
+
+/// (task, credential): at most one open lease each.
+type LeaseKey = (String, String);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -905,8 +908,16 @@ impl Broker {
             Some(text) => {
                 let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
                 let sealed = Sealed {
-                    nonce: v["nonce"].as_str().unwrap_or_default().to_string(),
-                    ciphertext: v["ciphertext"].as_str().unwrap_or_default().to_string(),
+                    nonce: v
+                        .get("nonce")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    ciphertext: v
+                        .get("ciphertext")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
                 };
                 let pem = kek
                     .open(&key, 1, &sealed)
