@@ -28,6 +28,8 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("catalog", catalog),
     ("route", route_target),
     ("json", json),
+    ("spiffe", spiffe),
+    ("credentials", credentials),
 ];
 
 /// Scopes as agents send them: a `scope` string, `access` entries with argument rules (JSON),
@@ -181,5 +183,51 @@ pub fn route_target(data: &[u8]) {
 pub fn json(data: &[u8]) {
     if mandate_core::json::check_strict(data).is_ok() {
         assert!(serde_json::from_slice::<serde_json::Value>(data).is_ok());
+    }
+}
+
+/// SPIFFE IDs as an X.509-SVID's URI SAN carries them: what parses is a workload ID whose trust
+/// domain is its lowercase authority and whose path has only plain, non-dot segments.
+pub fn spiffe(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(id) = mandate_core::spiffe::SpiffeId::parse(text) else {
+        return;
+    };
+    assert_eq!(id.as_str(), text);
+    let rest = text.strip_prefix("spiffe://").expect("scheme");
+    let (domain, path) = rest.split_once('/').expect("a path");
+    assert_eq!(id.trust_domain(), domain);
+    assert!(!domain.is_empty() && !domain.bytes().any(|b| b.is_ascii_uppercase()));
+    assert!(!domain.contains([':', '@', '?', '#']));
+    for seg in path.split('/') {
+        assert!(!seg.is_empty() && seg != "." && seg != "..", "{text}");
+        assert!(!seg.contains(['%', '?', '#', '\\']), "{text}");
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct CredentialsFile {
+    #[serde(default)]
+    credentials: Vec<mandate_broker::CredentialSpec>,
+}
+
+/// `[[credentials]]` sections of the configuration: a set that is accepted names each
+/// credential once, with a valid name and at least one grant.
+pub fn credentials(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(file) = toml::from_str::<CredentialsFile>(text) else {
+        return;
+    };
+    let Ok(checked) = mandate_broker::check_credentials(&file.credentials) else {
+        return;
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for c in &checked {
+        assert!(mandate_broker::check_secret_name(&c.name).is_ok());
+        assert!(names.insert(c.name.clone()), "{} twice", c.name);
     }
 }

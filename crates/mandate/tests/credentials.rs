@@ -389,6 +389,10 @@ async fn a_task_reading_orders_gets_its_own_role_which_ends_with_it() {
         "the role's open session survived its revocation"
     );
 
+    within("lease recorded revoked", || async {
+        s.b.admin_get("/admin/v1/leases?open=true").await.1 == json!([])
+    })
+    .await;
     let (_, leases) =
         s.b.admin_get(&format!("/admin/v1/leases?task={task}"))
             .await;
@@ -563,8 +567,10 @@ async fn a_restart_revokes_leases_whose_task_ended_meanwhile_and_half_made_ones(
         async move { !role_exists(&db, orphan).await }
     })
     .await;
-    let (_, open) = s.b.admin_get("/admin/v1/leases?open=true").await;
-    assert_eq!(open, json!([]));
+    within("lease recorded revoked", || async {
+        s.b.admin_get("/admin/v1/leases?open=true").await.1 == json!([])
+    })
+    .await;
     let (_, all) = s.b.admin_get("/admin/v1/leases").await;
     let reasons: Vec<&str> = all
         .as_array()
@@ -619,6 +625,11 @@ async fn a_lease_that_cannot_be_revoked_is_flagged_until_it_is() {
         let db = s.db.clone();
         let role = role.clone();
         async move { !role_exists(&db, &role).await }
+    })
+    .await;
+    // The role goes first, then the lease is recorded revoked.
+    within("lease recorded revoked", || async {
+        s.b.admin_get("/admin/v1/leases?open=true").await.1 == json!([])
     })
     .await;
     let (_, agent) = s.b.admin_get("/admin/v1/agents/analyst").await;

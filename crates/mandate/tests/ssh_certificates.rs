@@ -249,6 +249,12 @@ force_command = "echo forced:$SSH_ORIGINAL_COMMAND"
         start.elapsed().as_millis()
     );
     assert!(sshd_log(dir.path()).contains("revoked by file"));
+    // The key is revoked first, then the lease is recorded so.
+    let start = Instant::now();
+    while b.admin_get("/admin/v1/leases?open=true").await.1 != serde_json::json!([]) {
+        assert!(start.elapsed() < BOUND, "lease still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (_, leases) = b.admin_get("/admin/v1/leases").await;
     let lease = leases
         .as_array()
