@@ -579,7 +579,17 @@ impl Broker {
         let Some(l) = found else {
             return Ok(None);
         };
-        if l.state == LeaseState::Pending || l.expires_at <= now {
+        if l.state == LeaseState::Live && l.expires_at <= now {
+            // Its own lifetime ran out while the task lives (a short-lived JWT): end it here
+            // rather than wait for the reaper, and make the next one.
+            self.revoke_downstream(&l)
+                .await
+                .map_err(CredentialError::Unavailable)?;
+            self.close_lease(l, LeaseState::Live, "its lifetime ran out")
+                .await;
+            return Ok(None);
+        }
+        if l.state == LeaseState::Pending {
             return Err(CredentialError::Unavailable(format!(
                 "credential `{}` is being made or revoked for this task; try again shortly",
                 cred.name

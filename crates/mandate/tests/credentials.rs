@@ -226,6 +226,14 @@ max_ttl = 120
 [[credentials.grants]]
 scope = "read:tickets"
 
+[[credentials]]
+name = "short_jwt"
+kind = "jwt"
+audience = "https://tickets.example"
+max_ttl = 1
+[[credentials.grants]]
+scope = "read:tickets"
+
 [[gateway.http]]
 name = "shop"
 url = "{upstream}"
@@ -240,6 +248,16 @@ resource = "orders"
 name = "tickets"
 url = "{upstream}"
 headers = {{ Authorization = "Bearer ${{cred:tickets_jwt}}" }}
+[[gateway.http.routes]]
+method = "GET"
+path = "/tickets/{{id}}"
+action = "read"
+resource = "tickets"
+
+[[gateway.http]]
+name = "tickets_short"
+url = "{upstream}"
+headers = {{ Authorization = "Bearer ${{cred:short_jwt}}" }}
 [[gateway.http.routes]]
 method = "GET"
 path = "/tickets/{{id}}"
@@ -634,4 +652,59 @@ async fn a_lease_that_cannot_be_revoked_is_flagged_until_it_is() {
     .await;
     let (_, agent) = s.b.admin_get("/admin/v1/agents/analyst").await;
     assert_eq!(agent["standing_privilege"], 0, "{agent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lived_jwt_is_replaced_while_its_task_lives() {
+    let s = setup().await;
+    let (_, t) = s.b.open_scope(&s.key, "analyst", "read:tickets").await;
+    let token = t["access_token"].as_str().unwrap();
+    let sent = |n: usize| {
+        s.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|h| h.iter().find(|(k, _)| k == "authorization").cloned())
+            .map(|(_, v)| v)
+            .nth(n)
+            .unwrap()
+    };
+    let (st, v) = gateway_get(&s.b, token, "/http/tickets_short/tickets/1").await;
+    assert_eq!(st, 200, "{v}");
+    let first = sent(0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (st, v) = gateway_get(&s.b, token, "/http/tickets_short/tickets/2").await;
+    assert_eq!(st, 200, "{v}");
+    let second = sent(1);
+    assert_ne!(first, second, "an expired token was sent again");
+    let jti = |h: &str| {
+        let payload = h
+            .trim_start_matches("Bearer ")
+            .split('.')
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let v: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .unwrap(),
+        )
+        .unwrap();
+        v["jti"].as_str().unwrap().to_string()
+    };
+    let (_, leases) = s.b.admin_get("/admin/v1/leases").await;
+    let by_handle = |h: &str| {
+        leases
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["handle"] == h)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_handle(&jti(&first))["state"], "revoked", "{leases}");
+    assert_eq!(
+        by_handle(&jti(&first))["end_reason"],
+        "its lifetime ran out"
+    );
+    assert_eq!(by_handle(&jti(&second))["state"], "live", "{leases}");
 }
