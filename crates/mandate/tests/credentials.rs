@@ -25,25 +25,13 @@ use serde_json::{Value, json};
 use sqlx::{Connection, Row};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const PG_ENV: &str = "MANDATE_TEST_POSTGRES_URL";
 /// Generous bound for a revocation to be seen, so a loaded machine does not fail the test; the
 /// measured time is printed.
 const BOUND: Duration = Duration::from_secs(10);
 
 /// A fresh database on the test server with an `orders` and a `customers` table.
 async fn fresh_db() -> String {
-    let admin = std::env::var(PG_ENV).unwrap_or_else(|_| {
-        panic!("{PG_ENV} is not set: run scripts/test (or scripts/setup-postgres and export it)")
-    });
-    let name = format!("c_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    let url = format!("{base}/{name}");
+    let url = common::fresh_postgres_db("c").await;
     let mut conn = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
     sqlx::raw_sql(
         "CREATE TABLE orders (id INT PRIMARY KEY, total INT);
@@ -174,31 +162,6 @@ async fn upstream() -> (String, Seen) {
     (url, seen)
 }
 
-fn set_secret(b: &Broker, name: &str, value: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(common::bin())
-        .args([
-            "--data-dir",
-            b.data_dir().to_str().unwrap(),
-            "--server",
-            &b.url,
-            "secret",
-            "set",
-            name,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(value.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-}
-
 fn config(dir: &std::path::Path, upstream: &str) -> std::path::PathBuf {
     let path = dir.join("m.toml");
     std::fs::write(
@@ -284,7 +247,7 @@ async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), &url);
     let b = Broker::start_with(&["--config", path.to_str().unwrap()]).await;
-    set_secret(&b, "orders_db_admin", &db);
+    b.set_secret("orders_db_admin", &db);
     b.add_owner("ops").await;
     let key = b
         .add_agent(
@@ -316,16 +279,6 @@ async fn gateway_get(b: &Broker, token: &str, path: &str) -> (u16, Value) {
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
-}
-
-async fn fetch(b: &Broker, token: Option<&str>, name: &str) -> (u16, Value) {
-    let mut req = reqwest::Client::new().post(format!("{}/v1/credentials/{name}", b.url));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,7 +315,7 @@ async fn a_task_reading_orders_gets_its_own_role_which_ends_with_it() {
     assert_eq!(again["user"], role.as_str());
 
     // The agent can fetch the same lease itself, and holds a session open with it.
-    let (st, c) = fetch(&s.b, Some(&token), "orders_db").await;
+    let (st, c) = s.b.fetch_credential(Some(&token), "orders_db").await;
     assert_eq!(st, 200, "{c}");
     assert_eq!(c["username"], role.as_str());
     assert_eq!(c["kind"], "postgres");
@@ -427,7 +380,7 @@ async fn a_task_reading_orders_gets_its_own_role_which_ends_with_it() {
     );
     assert_eq!(s.b.audit_kind("lease_revoked").len(), 1);
     // The ended task's credential fetches nothing.
-    let (st, _) = fetch(&s.b, Some(&token), "orders_db").await;
+    let (st, _) = s.b.fetch_credential(Some(&token), "orders_db").await;
     assert_eq!(st, 401);
     // What reached the upstream never reaches the audit.
     assert!(
@@ -443,11 +396,16 @@ async fn fetching_a_credential_is_refused_unless_the_scope_earns_it() {
     let s = setup().await;
     let (_, t) = s.b.open_scope(&s.key, "analyst", "read:tickets").await;
     let token = t["access_token"].as_str().unwrap();
-    assert_eq!(fetch(&s.b, None, "orders_db").await.0, 401);
-    assert_eq!(fetch(&s.b, Some("not-a-token"), "orders_db").await.0, 401);
-    assert_eq!(fetch(&s.b, Some(token), "no_such").await.0, 404);
-    assert_eq!(fetch(&s.b, Some(token), "bad%20name").await.0, 404);
-    let (st, v) = fetch(&s.b, Some(token), "orders_db").await;
+    assert_eq!(s.b.fetch_credential(None, "orders_db").await.0, 401);
+    assert_eq!(
+        s.b.fetch_credential(Some("not-a-token"), "orders_db")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(s.b.fetch_credential(Some(token), "no_such").await.0, 404);
+    assert_eq!(s.b.fetch_credential(Some(token), "bad%20name").await.0, 404);
+    let (st, v) = s.b.fetch_credential(Some(token), "orders_db").await;
     assert_eq!(st, 403, "{v}");
     assert_eq!(v["error"], "insufficient_scope");
     // Nothing was made for the refused fetch.
@@ -527,7 +485,7 @@ async fn a_restart_revokes_leases_whose_task_ended_meanwhile_and_half_made_ones(
     let (st, t) = s.b.open_task(&s.key, "analyst", details, false).await;
     assert_eq!(st, 200, "{t}");
     let token = t["access_token"].as_str().unwrap().to_string();
-    let (st, c) = fetch(&s.b, Some(&token), "orders_db").await;
+    let (st, c) = s.b.fetch_credential(Some(&token), "orders_db").await;
     assert_eq!(st, 200, "{c}");
     let role = c["username"].as_str().unwrap().to_string();
     assert!(role_exists(&s.db, &role).await);
@@ -613,7 +571,7 @@ async fn a_lease_that_cannot_be_revoked_is_flagged_until_it_is() {
     let s = setup().await;
     let (_, t) = s.b.open_scope(&s.key, "analyst", "read:orders").await;
     let token = t["access_token"].as_str().unwrap().to_string();
-    let (st, c) = fetch(&s.b, Some(&token), "orders_db").await;
+    let (st, c) = s.b.fetch_credential(Some(&token), "orders_db").await;
     assert_eq!(st, 200, "{c}");
     let role = c["username"].as_str().unwrap().to_string();
 
@@ -638,7 +596,7 @@ async fn a_lease_that_cannot_be_revoked_is_flagged_until_it_is() {
     assert_eq!(listed[0]["handle"], role.as_str(), "{listed}");
 
     // Nothing was lost: once the admin connection is back, the reaper finishes the job.
-    set_secret(&s.b, "orders_db_admin", &s.db);
+    s.b.set_secret("orders_db_admin", &s.db);
     within("role dropped once revocation works again", || {
         let db = s.db.clone();
         let role = role.clone();

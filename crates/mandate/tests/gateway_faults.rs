@@ -253,30 +253,7 @@ resource = "repo:{{owner}}/{{repo}}"
     )
     .unwrap();
     let b = Broker::start_with(&["--config", path.to_str().unwrap()]).await;
-    let set = |value: &'static str| {
-        let mut child = std::process::Command::new(common::bin())
-            .args([
-                "--data-dir",
-                b.data_dir().to_str().unwrap(),
-                "--server",
-                &b.url,
-                "secret",
-                "set",
-                "repos_token",
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(value.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success());
-    };
+    let set = |value: &str| b.set_secret("repos_token", value);
     set("first-token-value-1234");
     b.add_owner("dev").await;
     let key = b

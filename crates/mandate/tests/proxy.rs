@@ -200,26 +200,7 @@ resource = "files"
     )
     .unwrap();
     let b = Broker::start_with(&["--config", path.to_str().unwrap()]).await;
-    let mut child = std::process::Command::new(common::bin())
-        .args([
-            "--data-dir",
-            b.data_dir().to_str().unwrap(),
-            "--server",
-            &b.url,
-            "secret",
-            "set",
-            "api_key",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all_sync(SECRET.as_bytes());
-    assert!(child.wait().unwrap().success());
+    b.set_secret("api_key", SECRET);
     b.add_owner("ops").await;
     let key = b
         .add_agent(
@@ -237,17 +218,6 @@ resource = "files"
         log,
         sse_go,
         _dir: dir,
-    }
-}
-
-trait WriteAllSync {
-    fn write_all_sync(self, bytes: &[u8]);
-}
-
-impl WriteAllSync for std::process::ChildStdin {
-    fn write_all_sync(mut self, bytes: &[u8]) {
-        use std::io::Write;
-        self.write_all(bytes).unwrap();
     }
 }
 

@@ -23,25 +23,13 @@ use common::{Broker, JWT_BEARER, task_details};
 use serde_json::Value;
 use sqlx::Connection;
 
-const PG_ENV: &str = "MANDATE_TEST_POSTGRES_URL";
 /// Generous bound for propagation, so a loaded machine does not fail the test; the real
 /// figures are printed and measured in the benchmark.
 const BOUND: Duration = Duration::from_secs(5);
 
 /// A fresh database on the test server.
 async fn fresh_db() -> String {
-    let admin = std::env::var(PG_ENV).unwrap_or_else(|_| {
-        panic!("{PG_ENV} is not set: run scripts/test (or scripts/setup-postgres and export it)")
-    });
-    let name = format!("r_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
+    common::fresh_postgres_db("r").await
 }
 
 fn kek() -> String {

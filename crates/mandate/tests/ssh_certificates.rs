@@ -148,16 +148,6 @@ fn write_credential(dir: &Path, c: &Value) -> (PathBuf, PathBuf) {
     (key, cert)
 }
 
-async fn fetch(b: &Broker, token: &str, name: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/credentials/{name}", b.url))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_certificate_logs_in_to_real_sshd_until_the_task_ends() {
     let dir = tempfile::tempdir().unwrap();
@@ -209,12 +199,14 @@ force_command = "echo forced:$SSH_ORIGINAL_COMMAND"
         .await;
     // A task without the mapped scope earns no certificate.
     let (_, other) = b.open_scope(&key, "deployer", "read:logs").await;
-    let (st, _) = fetch(&b, other["access_token"].as_str().unwrap(), "build_host").await;
+    let (st, _) = b
+        .fetch_credential(Some(other["access_token"].as_str().unwrap()), "build_host")
+        .await;
     assert_eq!(st, 403);
 
     let (_, t) = b.open_scope(&key, "deployer", "call:deploy.run").await;
     let token = t["access_token"].as_str().unwrap().to_string();
-    let (st, c) = fetch(&b, &token, "build_host").await;
+    let (st, c) = b.fetch_credential(Some(&token), "build_host").await;
     assert_eq!(st, 200, "{c}");
     assert_eq!(c["principals"], serde_json::json!([USER]));
     let (key_file, cert_file) = write_credential(dir.path(), &c);

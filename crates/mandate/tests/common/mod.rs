@@ -467,6 +467,37 @@ impl Broker {
         Self::json(r).await
     }
 
+    /// Sets a brokered secret with the real CLI (`mandate secret set`, the value on stdin).
+    pub fn set_secret(&self, name: &str, value: &str) {
+        use std::io::Write;
+        let mut child = std::process::Command::new(bin())
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["--server", &self.url, "secret", "set", name])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("run mandate secret set");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(value.as_bytes())
+            .expect("write the secret");
+        assert!(child.wait().expect("wait").success());
+    }
+
+    /// `POST /v1/credentials/NAME` with a task credential (or none).
+    pub async fn fetch_credential(&self, token: Option<&str>, name: &str) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/credentials/{name}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Self::json(req.send().await.expect("send")).await
+    }
+
     /// Runs the real CLI against this broker.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new(bin())
@@ -594,4 +625,31 @@ pub async fn webhook_receiver(refuse_first: usize) -> (String, Deliveries) {
         }
     });
     (url, got)
+}
+
+/// The PostgreSQL server `scripts/test` started (`MANDATE_TEST_POSTGRES_URL`).
+pub fn postgres_url() -> String {
+    std::env::var("MANDATE_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "MANDATE_TEST_POSTGRES_URL is not set: run scripts/test (or scripts/setup-postgres and export it)"
+        )
+    })
+}
+
+/// A fresh database on the test PostgreSQL server; returns its URL.
+#[allow(dead_code, reason = "not every test binary uses PostgreSQL")]
+pub async fn fresh_postgres_db(prefix: &str) -> String {
+    use sqlx::Connection;
+    let admin = postgres_url();
+    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::postgres::PgConnection::connect(&admin)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    conn.close().await.expect("close");
+    let (base, _) = admin.rsplit_once('/').expect("a database in the URL");
+    format!("{base}/{name}")
 }
