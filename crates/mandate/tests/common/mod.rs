@@ -637,7 +637,6 @@ pub fn postgres_url() -> String {
 }
 
 /// A fresh database on the test PostgreSQL server; returns its URL.
-#[allow(dead_code, reason = "not every test binary uses PostgreSQL")]
 pub async fn fresh_postgres_db(prefix: &str) -> String {
     use sqlx::Connection;
     let admin = postgres_url();
