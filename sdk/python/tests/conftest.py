@@ -113,6 +113,12 @@ def _start(tmp: Path) -> Server:
         'name = "notes"\n'
         f"command = {json.dumps(sys.executable)}\n"
         f"args = [{json.dumps(str(HERE / 'mcp_notes.py'))}]\n"
+        "[[credentials]]\n"
+        'name = "kb_token"\n'
+        'kind = "jwt"\n'
+        'audience = "https://kb.example"\n'
+        "[[credentials.grants]]\n"
+        'scope = "read:article:1"\n'
         "[[gateway.http]]\n"
         'name = "kb"\n'
         f"url = {json.dumps(_api())}\n"

@@ -292,3 +292,28 @@ def test_no_secret_in_repr(register, tmp_path):
     (tmp_path / "bad.pem").chmod(0o600)
     with pytest.raises(ConfigurationError):
         AgentKey.from_file(tmp_path / "bad.pem")
+
+
+def test_a_downstream_credential_lives_and_ends_with_its_task(server, register):
+    r = register("read:article:1 read:article:2")
+    with r.agent.task(intent="look up article 1", access=["read:article:1"], ttl=120) as task:
+        c = task.credential("kb_token")
+        assert c.kind == "jwt" and c.grants == ("read:article:1",)
+        assert c["token"] not in repr(c)
+        claims = jwt.decode(c["token"], options={"verify_signature": False})
+        assert claims["aud"] == "https://kb.example" and claims["task_id"] == task.task_id
+        # The same lease on a second call, also asynchronously.
+        again = asyncio.run(task.acredential("kb_token"))
+        assert again.lease_id == c.lease_id
+        with pytest.raises(ConfigurationError):
+            task.credential("../admin")
+    with pytest.raises(CredentialRefused):
+        task.credential("kb_token")
+    deadline = time.monotonic() + 10
+    while server.admin("GET", f"/admin/v1/leases?task={task.task_id}")[0]["state"] != "revoked":
+        assert time.monotonic() < deadline, "the lease outlived its task"
+        time.sleep(0.05)
+    # A task whose scope earns nothing of it is refused.
+    with r.agent.task(intent="look up article 2", access=["read:article:2"], ttl=60) as other:
+        with pytest.raises(ClientRefused):
+            other.credential("kb_token")

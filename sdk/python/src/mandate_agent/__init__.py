@@ -26,7 +26,7 @@ from ._errors import (
     Unavailable,
 )
 from ._keys import AgentKey
-from ._models import Decision, ReportResult
+from ._models import Decision, DownstreamCredential, ReportResult
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "CredentialRefused",
     "Decision",
     "Denied",
+    "DownstreamCredential",
     "MandateAuth",
     "MandateError",
     "NeedsApproval",

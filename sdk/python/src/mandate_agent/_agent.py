@@ -24,7 +24,7 @@ from ._errors import (
 )
 from ._http import DEFAULT_TIMEOUT, Answer, Transport, error_from
 from ._keys import AgentKey, PathLike, load_key, strip_query
-from ._models import Decision, Grant, ReportResult
+from ._models import Decision, DownstreamCredential, Grant, ReportResult
 
 DpopChoice = Union[bool, AgentKey]
 
@@ -580,6 +580,27 @@ class Task:
         if answer.status != 200:
             raise error_from(answer, "report")
         return ReportResult.parse(answer.json(), cut)
+
+    # Downstream credentials.
+
+    def credential(self, name: str) -> DownstreamCredential:
+        """This task's downstream credential ``name`` (``POST /v1/credentials/NAME``): made on the
+        first call, the same lease afterwards, revoked downstream when the task ends. Raises
+        :class:`ClientRefused` when the task's scope earns nothing of it, :class:`BadRequest`
+        when no such credential is configured, :class:`CredentialRefused` once the task ended."""
+        path = P.credential_path(name)
+        answer = self._agent._http.request("POST", path, content=b"", headers=self._auth_headers(path))
+        if answer.status != 200:
+            raise error_from(answer, "credential")
+        return DownstreamCredential.parse(answer.json())
+
+    async def acredential(self, name: str) -> DownstreamCredential:
+        """:meth:`credential`, asynchronously."""
+        path = P.credential_path(name)
+        answer = await self._agent._http.arequest("POST", path, content=b"", headers=self._auth_headers(path))
+        if answer.status != 200:
+            raise error_from(answer, "credential")
+        return DownstreamCredential.parse(answer.json())
 
     # Delegation.
 

@@ -94,6 +94,47 @@ class ReportResult:
 
 
 @dataclass(frozen=True)
+class DownstreamCredential:
+    """A per-task downstream credential (``POST /v1/credentials/NAME``): a PostgreSQL role, an
+    SSH certificate or a JWT for an API, revoked by Mandate when the task ends."""
+
+    credential: str
+    #: ``postgres``, ``ssh`` or ``jwt``.
+    kind: str
+    lease_id: str
+    #: Milliseconds since the epoch; never after the task's expiry.
+    expires_at: int
+    grants: tuple[str, ...]
+    #: The kind's own fields: ``username``, ``password``, ``url`` (postgres); ``private_key``,
+    #: ``public_key``, ``certificate``, ``principals`` (ssh); ``token``, ``token_type`` (jwt).
+    fields: Mapping[str, Any]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields[name]
+
+    def __repr__(self) -> str:
+        # The fields hold secrets: never print them.
+        return f"DownstreamCredential(credential={self.credential!r}, kind={self.kind!r}, lease_id={self.lease_id!r})"
+
+    @classmethod
+    def parse(cls, body: Any) -> DownstreamCredential:
+        if not isinstance(body, dict):
+            raise ProtocolError("the credential answer is not a JSON object")
+        expires = body.get("expires_at")
+        if not isinstance(expires, int):
+            raise ProtocolError("the credential answer has no `expires_at`")
+        known = {"credential", "kind", "lease_id", "expires_at", "grants"}
+        return cls(
+            credential=_str(body, "credential"),
+            kind=_str(body, "kind"),
+            lease_id=_str(body, "lease_id"),
+            expires_at=expires,
+            grants=_strs(body, "grants"),
+            fields={k: v for k, v in body.items() if k not in known},
+        )
+
+
+@dataclass(frozen=True)
 class Grant:
     """A token response (RFC 6749 section 5.1, RFC 9396 section 7). Internal."""
 

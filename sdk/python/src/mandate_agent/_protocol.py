@@ -25,6 +25,7 @@ REVOKE_PATH = "/oauth/revoke"
 INTROSPECT_PATH = "/oauth/introspect"
 DECIDE_PATH = "/v1/decide"
 REPORT_PATH = "/v1/report"
+CREDENTIALS_PATH = "/v1/credentials/"
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 
 # The server's limits, checked here too so the error is clear and nothing oversized is sent.
@@ -304,3 +305,16 @@ def _fit(text: str, budget: int) -> str:
         else:
             hi = mid - 1
     return text[:lo]
+
+
+def credential_path(name: str) -> str:
+    """The path of a downstream credential: its name is 1 to 64 of letters, digits, ``_``, ``-``,
+    ``.``, as the server requires."""
+    ok = (
+        isinstance(name, str)
+        and 0 < len(name) <= 64
+        and all(c.isascii() and (c.isalnum() or c in "_-.") for c in name)
+    )
+    if not ok:
+        raise ConfigurationError("a credential's name is 1 to 64 letters, digits, `_`, `-` or `.`")
+    return CREDENTIALS_PATH + name
