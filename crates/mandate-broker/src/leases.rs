@@ -707,14 +707,21 @@ impl Broker {
         let secret = match made {
             Ok(s) => s,
             Err(e) => {
+                // The downstream's own words are for operators (the log and the lease), not for
+                // the agent: they may describe the admin side.
+                tracing::warn!(lease = %lease.id, credential = %cred.name, error = %e, "could not make a lease");
+                let told = CredentialError::Unavailable(format!(
+                    "credential `{}` could not be made now; nothing was granted",
+                    cred.name
+                ));
                 // Nothing must stay behind: undo what may exist, then close the lease.
                 let reason = format!("could not be made: {e}");
                 if let Err(undo) = self.revoke_downstream(&lease).await {
                     tracing::warn!(lease = %lease.id, error = %undo, "could not undo a failed lease; the reaper retries");
-                    return Err(CredentialError::Unavailable(e));
+                    return Err(told);
                 }
                 self.close_lease(lease, LeaseState::Pending, &reason).await;
-                return Err(CredentialError::Unavailable(e));
+                return Err(told);
             }
         };
         let text = serde_json::to_string(&secret).unwrap_or_default();

@@ -666,3 +666,43 @@ async fn a_short_lived_jwt_is_replaced_while_its_task_lives() {
     );
     assert_eq!(by_handle(&jti(&second))["state"], "live", "{leases}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_that_cannot_be_made_leaves_nothing_and_tells_the_agent_little() {
+    let s = setup().await;
+    // The admin connection points where no server listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    s.b.set_secret(
+        "orders_db_admin",
+        &format!("postgres://admin:admin-password-9f2@127.0.0.1:{port}/shop"),
+    );
+    let (_, t) = s.b.open_scope(&s.key, "analyst", "read:orders").await;
+    let token = t["access_token"].as_str().unwrap();
+    let (st, v) = s.b.fetch_credential(Some(token), "orders_db").await;
+    assert_eq!(st, 503, "{v}");
+    let said = v.to_string();
+    assert!(
+        !said.contains("admin-password") && !said.contains(&port.to_string()),
+        "{said}"
+    );
+    // Whether the role was made cannot be known while the server is unreachable, so the lease
+    // stays pending (never live, nothing handed out) until it can be revoked.
+    let (_, leases) = s.b.admin_get("/admin/v1/leases").await;
+    assert_eq!(leases[0]["state"], "pending", "{leases}");
+    let (st, _) = gateway_get(&s.b, token, "/http/shop/orders").await;
+    assert_eq!(st, 502);
+    // The database is back and the task ends: the reaper finishes the lease.
+    s.b.set_secret("orders_db_admin", &s.db);
+    let (st, _) = s.b.revoke_as_agent(&s.key, "analyst", token).await;
+    assert_eq!(st, 200);
+    within("half-made lease revoked", || async {
+        s.b.admin_get("/admin/v1/leases?open=true").await.1 == json!([])
+    })
+    .await;
+    let (_, leases) = s.b.admin_get("/admin/v1/leases").await;
+    assert_eq!(leases[0]["end_reason"], "its task is completed", "{leases}");
+}
