@@ -325,6 +325,22 @@ impl Credential {
         })
     }
 
+    /// What `earned` grants, in the downstream's words, sorted: privileges on tables, principals,
+    /// scope tokens. A lease records it; a restart compares it with what the task earns now.
+    fn described(&self, earned: &[(String, &Grant)]) -> Vec<String> {
+        let mut out: Vec<String> = earned
+            .iter()
+            .flat_map(|(token, g)| match g {
+                Grant::Tables(t) => t.iter().map(TableGrant::describe).collect(),
+                Grant::Login { principals, .. } => principals.clone(),
+                Grant::Scope => vec![token.clone()],
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The grants a task's scope earns, as (scope token, grant).
     fn earned<'a>(&'a self, scope: &Scope) -> Vec<(String, &'a Grant)> {
         self.grants
@@ -646,34 +662,12 @@ impl Broker {
         });
         let expires_at = Timestamp(task.expires_at.0.min(now.plus_secs(ttl.min(86_400)).0));
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let (handle, grants) = match &cred.kind {
-            CredentialKind::Postgres { .. } => (
-                format!("mandate_{id}"),
-                earned
-                    .iter()
-                    .flat_map(|(_, g)| match g {
-                        Grant::Tables(t) => t.iter().map(TableGrant::describe).collect(),
-                        _ => Vec::new(),
-                    })
-                    .collect::<Vec<_>>(),
-            ),
-            CredentialKind::Ssh { .. } => (
-                String::new(),
-                earned
-                    .iter()
-                    .flat_map(|(_, g)| match g {
-                        Grant::Login { principals, .. } => principals.clone(),
-                        _ => Vec::new(),
-                    })
-                    .collect(),
-            ),
-            CredentialKind::Jwt { .. } => {
-                (id.clone(), earned.iter().map(|(s, _)| s.clone()).collect())
-            }
+        let handle = match &cred.kind {
+            CredentialKind::Postgres { .. } => format!("mandate_{id}"),
+            CredentialKind::Ssh { .. } => String::new(),
+            CredentialKind::Jwt { .. } => id.clone(),
         };
-        let mut grants_sorted = grants;
-        grants_sorted.sort();
-        grants_sorted.dedup();
+        let grants_sorted = cred.described(&earned);
         let mut lease = Lease {
             id: id.clone(),
             task: task.id.clone(),
@@ -1100,19 +1094,23 @@ impl Broker {
                 Some(format!("its task is {}", t.state.as_str()))
             }
             Some(t) if t.expires_at <= now => Some("its task expired".into()),
-            Some(_) if startup && l.state == LeaseState::Live => self.unprovable(l).await,
+            Some(t) if startup && l.state == LeaseState::Live => self.unprovable(l, &t).await,
             Some(_) => None,
         }
     }
 
     /// At a restart: a live lease whose downstream credential cannot be shown to exist is
     /// revoked (a role dropped by hand, a database restored).
-    async fn unprovable(&self, l: &Lease) -> Option<String> {
+    async fn unprovable(&self, l: &Lease, task: &Task) -> Option<String> {
         let cred = self
             .cfg
             .credentials
             .iter()
             .find(|c| c.name == l.credential)?;
+        // Drift of the configuration: the task no longer earns what the lease grants.
+        if cred.described(&cred.earned(&task.scope)) != l.grants {
+            return Some("what its task earns of the credential changed".into());
+        }
         if let CredentialKind::Postgres { admin_secret, .. } = &cred.kind {
             let admin = self.secret_value(admin_secret).await.ok()?;
             return match pg::role_exists(admin.expose(), &l.handle).await {

@@ -238,7 +238,7 @@ struct Setup {
     key: mandate_crypto::client::AgentKey,
     db: String,
     seen: Seen,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn setup() -> Setup {
@@ -262,7 +262,7 @@ async fn setup() -> Setup {
         key,
         db,
         seen,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -705,4 +705,46 @@ async fn a_credential_that_cannot_be_made_leaves_nothing_and_tells_the_agent_lit
     .await;
     let (_, leases) = s.b.admin_get("/admin/v1/leases").await;
     assert_eq!(leases[0]["end_reason"], "its task is completed", "{leases}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_revokes_a_lease_whose_grants_the_configuration_changed() {
+    let mut s = setup().await;
+    let (_, t) = s.b.open_scope(&s.key, "analyst", "read:orders").await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    let (st, c) = s.b.fetch_credential(Some(&token), "orders_db").await;
+    assert_eq!(st, 200, "{c}");
+    let role = c["username"].as_str().unwrap().to_string();
+
+    // The operator widens what read:orders maps to, and restarts.
+    s.b.kill().await;
+    let path = s.dir.path().join("m.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = text.replacen(
+        "privileges = [\"SELECT\"]\ntables = [\"orders\"]",
+        "privileges = [\"SELECT\"]\ntables = [\"orders\", \"customers\"]",
+        1,
+    );
+    assert_ne!(changed, text);
+    std::fs::write(&path, changed).unwrap();
+    s.b.kill_and_restart().await;
+
+    within("lease with the old grants revoked", || async {
+        s.b.admin_get("/admin/v1/leases?open=true").await.1 == json!([])
+    })
+    .await;
+    assert!(!role_exists(&s.db, &role).await);
+    let (_, leases) = s.b.admin_get("/admin/v1/leases").await;
+    assert_eq!(
+        leases[0]["end_reason"], "what its task earns of the credential changed",
+        "{leases}"
+    );
+    // The task goes on, with a role carrying what it earns now.
+    let (st, c) = s.b.fetch_credential(Some(&token), "orders_db").await;
+    assert_eq!(st, 200, "{c}");
+    assert_ne!(c["username"], role.as_str());
+    assert_eq!(
+        c["grants"],
+        json!(["SELECT ON customers", "SELECT ON orders"])
+    );
 }
