@@ -772,3 +772,108 @@ async fn replicas_reach_postgresql_over_verified_tls() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot open store"), "{err}");
 }
+
+/// Whether a role exists on the test server's database `db`.
+async fn role_exists(db: &str, role: &str) -> bool {
+    let mut conn = sqlx::postgres::PgConnection::connect(db).await.unwrap();
+    let found = sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(role)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap()
+        .is_some();
+    conn.close().await.unwrap();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_lease_per_task_and_revoke_it_once() {
+    let store = fresh_db().await;
+    let target = fresh_db().await;
+    let kek = kek();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        "[[credentials]]\nname = \"logs_db\"\nkind = \"postgres\"\nadmin_secret = \"logs_admin\"\n\
+         [[credentials.grants]]\nscope = \"read:logs\"\nprivileges = [\"SELECT\"]\ntables = [\"logs\"]\n",
+    )
+    .unwrap();
+    {
+        let mut c = sqlx::postgres::PgConnection::connect(&target)
+            .await
+            .unwrap();
+        sqlx::raw_sql("CREATE TABLE logs (line TEXT)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+    }
+    let with_cfg = ["--config", cfg.to_str().unwrap()];
+    let a = Broker::start_replica(&store, &kek, None, &with_cfg).await;
+    let policies = a.data_dir().join("policies");
+    let shared = [
+        "--config",
+        cfg.to_str().unwrap(),
+        "--policy-dir",
+        policies.to_str().unwrap(),
+    ];
+    let b = Broker::start_replica(&store, &kek, Some(&a.admin_token), &shared).await;
+    // The admin URL is a brokered secret: sealed in the shared store, read by both.
+    a.set_secret("logs_admin", &target);
+    a.add_owner("ops").await;
+    let key = a.add_agent("bot", "ops", "low", "read:logs").await;
+    let (_, t) = a.open_scope(&key, "bot", "read:logs").await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+
+    // Made on A; B hands out the same lease, opened from the store.
+    let (st, on_a) = a.fetch_credential(Some(&token), "logs_db").await;
+    assert_eq!(st, 200, "{on_a}");
+    within("B knows the task", || async {
+        b.fetch_credential(Some(&token), "logs_db").await.0 == 200
+    })
+    .await;
+    let (_, on_b) = b.fetch_credential(Some(&token), "logs_db").await;
+    assert_eq!(on_b["lease_id"], on_a["lease_id"]);
+    assert_eq!(on_b["password"], on_a["password"]);
+    let role = on_a["username"].as_str().unwrap().to_string();
+    assert!(role_exists(&target, &role).await);
+
+    // Completed on B: dropped, by whichever replica's reaper gets there, and recorded once.
+    assert_eq!(b.revoke_as_agent(&key, "bot", &token).await.0, 200);
+    within(
+        "role dropped after completion on the other replica",
+        || async { !role_exists(&target, &role).await },
+    )
+    .await;
+    within("lease recorded revoked", || async {
+        a.admin_get("/admin/v1/leases?open=true").await.1 == serde_json::json!([])
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, audit) = a.admin_get("/admin/v1/leases").await;
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+    let out = std::process::Command::new(common::bin())
+        .arg("--data-dir")
+        .arg(a.data_dir())
+        .args(["audit", "export", "--format", "jsonl"])
+        .env("MANDATE_STORE", &store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lease = on_a["lease_id"].as_str().unwrap();
+    let revoked = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["event"].clone())
+        .filter(|e| e["kind"] == "lease_revoked" && e["detail"]["lease"] == lease)
+        .count();
+    assert_eq!(
+        revoked, 1,
+        "a lease is revoked once, whichever replica does it"
+    );
+    assert_chain_verifies(&a, &store);
+}
