@@ -570,7 +570,17 @@ impl Broker {
             .credential_or_audit(token, dpop, cert, "fetch_credential", &target)
             .await
             .map_err(CredentialError::Token)?;
-        self.task_credential(&claims.task_id, name).await
+        let issued = self.task_credential(&claims.task_id, name).await?;
+        // Every hand-out is on record before the credential leaves.
+        let mut e = self.event(EventKind::CredentialFetched);
+        e.agent = Some(claims.client_id.clone());
+        e.task = Some(claims.task_id.clone());
+        e.resource = Some(format!("credential:{name}"));
+        e.detail = json!({"lease": issued.lease_id, "kind": issued.kind});
+        self.store.commit(vec![Op::Audit(e)]).await.map_err(|e| {
+            CredentialError::Unavailable(format!("the fetch could not be recorded: {e}"))
+        })?;
+        Ok(issued)
     }
 
     /// A lease another replica (or this process before a restart) made and still holds live.

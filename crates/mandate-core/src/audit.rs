@@ -73,6 +73,8 @@ pub enum EventKind {
     LeaseIssued,
     /// A per-task downstream credential was revoked downstream.
     LeaseRevoked,
+    /// An agent or enforcement point fetched its task's downstream credential.
+    CredentialFetched,
     /// The gateway forwarded or refused one call to an upstream.
     GatewayCall,
     /// What became of a forwarded gateway call when it was not a plain success: the upstream
@@ -118,6 +120,7 @@ impl EventKind {
             EventKind::SecretDeleted => "secret_deleted",
             EventKind::LeaseIssued => "lease_issued",
             EventKind::LeaseRevoked => "lease_revoked",
+            EventKind::CredentialFetched => "credential_fetched",
             EventKind::GatewayCall => "gateway_call",
             EventKind::GatewayResult => "gateway_result",
             EventKind::AgentConfirmed => "agent_confirmed",

@@ -379,6 +379,9 @@ async fn a_task_reading_orders_gets_its_own_role_which_ends_with_it() {
             .contains(c["password"].as_str().unwrap())
     );
     assert_eq!(s.b.audit_kind("lease_revoked").len(), 1);
+    let fetched = s.b.audit_kind("credential_fetched");
+    assert_eq!(fetched.len(), 1, "{fetched:?}");
+    assert_eq!(fetched[0]["detail"]["lease"], leases[0]["id"]);
     // The ended task's credential fetches nothing.
     let (st, _) = s.b.fetch_credential(Some(&token), "orders_db").await;
     assert_eq!(st, 401);
