@@ -207,12 +207,14 @@ const CONTROLS: &[Row] = &[
         NHI,
         "NHI4",
         "Insecure Authentication",
-        "agents authenticate with private_key_jwt or an external issuer's JWT; single-use assertions and DPoP proofs; no shared secrets",
+        "agents authenticate with private_key_jwt, an external issuer's JWT, or an X.509-SVID over mutual TLS; single-use assertions, DPoP proofs and certificate-bound credentials; no shared secrets",
         &["tier-high-needs-dpop"],
         &[
             "negative.rs::replayed_assertion_is_refused",
             "negative.rs::alg_none_is_refused",
             "external_issuer.rs::rs256_es256_and_eddsa_issuers_identify_agents",
+            "mtls.rs::an_svid_agent_opens_and_uses_a_certificate_bound_task",
+            "mtls.rs::bad_certificates_fail_the_handshake_and_plain_clients_still_connect",
         ],
     ),
     (
@@ -230,7 +232,7 @@ const CONTROLS: &[Row] = &[
         NHI,
         "NHI7",
         "Long-Lived Secrets",
-        "no standing privilege: credentials live minutes to hours by tier and die with their task",
+        "no standing privilege: credentials live minutes to hours by tier and die with their task; downstream credentials (PostgreSQL roles, SSH certificates, API tokens) are made per task and revoked downstream when it ends",
         &[
             "tier-high-max-ttl",
             "tier-medium-max-ttl",
@@ -239,6 +241,9 @@ const CONTROLS: &[Row] = &[
         &[
             "scenarios.rs::s5_credentials_die_with_completion_and_with_their_ttl",
             "governance.rs::the_governance_view_counts_flags_and_reports",
+            "credentials.rs::a_task_reading_orders_gets_its_own_role_which_ends_with_it",
+            "ssh_certificates.rs::a_task_certificate_logs_in_to_real_sshd_until_the_task_ends",
+            "credentials.rs::a_restart_revokes_leases_whose_task_ended_meanwhile_and_half_made_ones",
         ],
     ),
     (
