@@ -224,3 +224,20 @@ def test_csrf_is_refused(page: Page, server: Any, register: Any, owner_token: st
     res = httpx2.post(f"{server.url}/console/agents/{r.agent_id}/suspend", data={"csrf": csrf},
                       headers={"Cookie": "mandate_console=forged"})  # fmt: skip
     assert res.status_code == 401
+
+
+def test_agents_page_lists_live_leases(page: Page, server: Any, register: Any, owner_token: str) -> None:
+    r = register("read:article:1")
+    task = r.agent.open_task(intent="look up article 1", access=["read:article:1"], ttl=300)
+    task.credential("kb_token")
+    sign_in(page, server.url, owner_token)
+    page.click("nav >> text=Agents")
+    expect(page.locator(f"tr[data-agent='{r.agent_id}'] .leases")).to_have_text("kb_token (jwt)")
+    task.complete()
+    # Revoked with the task: gone from the page at the next load.
+    for _ in range(100):
+        page.reload()
+        if page.locator(f"tr[data-agent='{r.agent_id}'] .leases").inner_text() == "-":
+            break
+        page.wait_for_timeout(50)
+    expect(page.locator(f"tr[data-agent='{r.agent_id}'] .leases")).to_have_text("-")

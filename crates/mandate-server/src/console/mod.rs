@@ -1262,7 +1262,7 @@ async fn agents_page(
     } else {
         body.push_str(
             "<table><thead><tr><th>Agent</th><th>Owner</th><th>Tier</th><th>Status</th>\
-             <th>Flags</th><th>Active tasks</th><th>Envelope</th><th></th></tr></thead><tbody>",
+             <th>Flags</th><th>Active tasks</th><th>Live leases</th><th>Envelope</th><th></th></tr></thead><tbody>",
         );
         for v in agents {
             let a = &v.agent;
@@ -1284,7 +1284,7 @@ async fn agents_page(
             let _ = write!(
                 body,
                 "<tr data-agent=\"{id}\"><td>{id}</td><td>{}</td><td>{}</td><td class=\"status\">{}</td>\
-                 <td>{}</td><td>{}</td><td><code>{}</code></td><td>{control}</td></tr>",
+                 <td>{}</td><td>{}</td><td class=\"leases\">{}</td><td><code>{}</code></td><td>{control}</td></tr>",
                 esc(a.owner.as_ref().map_or("-", |o| o.as_str())),
                 esc(a.tier.as_str()),
                 if a.status == AgentStatus::Suspended {
@@ -1294,6 +1294,16 @@ async fn agents_page(
                 },
                 esc(&v.flags.join(", ")),
                 v.active_tasks.len(),
+                if v.leases.is_empty() {
+                    "-".to_string()
+                } else {
+                    esc(&v
+                        .leases
+                        .iter()
+                        .map(|l| format!("{} ({})", l.credential, l.kind))
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                },
                 esc_cut(&a.envelope.to_string(), 200),
             );
         }
