@@ -519,4 +519,43 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn credentials_and_tls_sections_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.toml");
+        let refused = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            format!(
+                "{:#}",
+                Settings::load(Some(&f), &no_env, &Overrides::default()).unwrap_err()
+            )
+        };
+        let e = refused(
+            "[[credentials]]\nname = \"db\"\nkind = \"ftp\"\n[[credentials.grants]]\nscope = \"read:x\"\n",
+        );
+        assert!(e.contains("kind `ftp` is not one of"), "{e}");
+        let e = refused(
+            "[[credentials]]\nname = \"db\"\nkind = \"postgres\"\nadmin_secret = \"a\"\nlimit = 3\n",
+        );
+        assert!(e.contains("unknown field `limit`"), "{e}");
+        let e = refused(
+            "[[credentials]]\nname = \"db\"\nkind = \"postgres\"\nadmin_secret = \"a\"\n\
+             [[credentials.grants]]\nscope = \"read:x\"\nprivileges = [\"SELECT\"]\ntables = [\"x; DROP TABLE y\"]\n",
+        );
+        assert!(e.contains("not a plain PostgreSQL identifier"), "{e}");
+        let e = refused("[server.tls]\ncert_file = \"/c\"\n");
+        assert!(e.contains("missing field `key_file`"), "{e}");
+        let e = refused("[server.tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\nca = \"/x\"\n");
+        assert!(e.contains("unknown field `ca`"), "{e}");
+        // A valid set loads.
+        std::fs::write(
+            &f,
+            "[[credentials]]\nname = \"api\"\nkind = \"jwt\"\naudience = \"https://api.example\"\n\
+             [[credentials.grants]]\nscope = \"read:tickets\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&f), &no_env, &Overrides::default()).unwrap();
+        assert_eq!(s.credentials.len(), 1);
+    }
 }
