@@ -79,6 +79,40 @@ pub fn check_privilege(s: &str) -> Result<String, DownstreamError> {
     }
 }
 
+/// PBKDF2 iterations of the verifier (PostgreSQL's default, `scram_iterations`).
+const SCRAM_ITERATIONS: u32 = 4096;
+
+/// The SCRAM-SHA-256 verifier of `password` (RFC 5802 section 3, RFC 7677), in the form
+/// PostgreSQL stores and accepts in `PASSWORD '…'`: the server keeps only this, and the
+/// password itself never reaches SQL, the server's logs or `pg_stat_statements`.
+pub fn scram_verifier(password: &str) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    use rand::RngCore;
+    use sha2::{Digest, Sha256};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let salted: [u8; 32] =
+        pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password.as_bytes(), &salt, SCRAM_ITERATIONS);
+    let hmac = |key: &[u8], msg: &[u8]| -> Vec<u8> {
+        // HMAC takes a key of any length, so this never fails.
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
+        m.update(msg);
+        m.finalize().into_bytes().to_vec()
+    };
+    let client_key = hmac(&salted, b"Client Key");
+    let stored_key = Sha256::digest(&client_key);
+    let server_key = hmac(&salted, b"Server Key");
+    format!(
+        "SCRAM-SHA-256${SCRAM_ITERATIONS}:{}${}:{}",
+        b64.encode(salt),
+        b64.encode(stored_key),
+        b64.encode(server_key)
+    )
+}
+
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -129,7 +163,7 @@ pub async fn create_role(admin_url: &str, spec: &RoleSpec<'_>) -> Result<(), Dow
     let create = format!(
         "CREATE ROLE {role} LOGIN NOINHERIT NOCREATEDB NOCREATEROLE CONNECTION LIMIT {} PASSWORD {} VALID UNTIL {}",
         spec.connection_limit,
-        quote_literal(spec.password),
+        quote_literal(&scram_verifier(spec.password)),
         quote_literal(&until)
     );
     (&mut *tx)
@@ -250,6 +284,23 @@ mod tests {
         assert!(check_privilege("SELECT; DROP").is_err());
         assert_eq!(quote_table("s.t"), "\"s\".\"t\"");
         assert_eq!(quote_literal("a'b"), "'a''b'");
+    }
+
+    #[test]
+    fn verifiers_have_postgresql_s_form_and_a_fresh_salt() {
+        let v = scram_verifier("pencil");
+        let (head, keys) = v
+            .split_once('$')
+            .and_then(|(_, r)| r.split_once('$'))
+            .unwrap();
+        let (iterations, salt) = head.split_once(':').unwrap();
+        assert!(v.starts_with("SCRAM-SHA-256$4096:"));
+        assert_eq!(iterations, "4096");
+        assert_eq!(salt.len(), 24);
+        let (stored, server) = keys.split_once(':').unwrap();
+        assert_eq!((stored.len(), server.len()), (44, 44));
+        assert!(!v.contains("pencil"));
+        assert_ne!(scram_verifier("pencil"), v);
     }
 
     #[test]
