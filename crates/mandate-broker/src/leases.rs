@@ -1036,7 +1036,9 @@ impl Broker {
                 if l.handle.is_empty() {
                     return Ok(());
                 }
-                ssh::revoke(revoked_keys_file, &l.handle).map_err(|e| e.to_string())
+                let until = u64::try_from(l.expires_at.as_secs()).unwrap_or(u64::MAX);
+                let now = u64::try_from(self.now().as_secs()).unwrap_or(0);
+                ssh::revoke(revoked_keys_file, &l.handle, until, now).map_err(|e| e.to_string())
             }
             // A JWT cannot be recalled; it expires with its lease, and the lease's state says it
             // is revoked to whoever asks.

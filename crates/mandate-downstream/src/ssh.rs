@@ -164,31 +164,50 @@ pub fn ensure_revoked_keys(path: &Path) -> Result<(), DownstreamError> {
 /// One writer of revocation files at a time in this process, so no revocation is lost.
 static REVOKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The comment that marks a line of the revocation file as Mandate's, with the time (seconds
+/// since the epoch) after which the certificate it revokes has expired anyway.
+const UNTIL: &str = "mandate-until=";
+
 /// Adds a public key to the revocation file sshd reads at every authentication, so the key and
-/// every certificate for it are refused from the next login on. The file is replaced atomically
-/// (written beside it, then renamed), as sshd asks, since it may read it at any moment.
-pub fn revoke(path: &Path, public_key: &str) -> Result<(), DownstreamError> {
-    let line = public_key.trim();
-    if line.is_empty() || line.contains('\n') {
+/// every certificate for it are refused from the next login on. `until` is when the key's
+/// certificate expires by itself: lines of Mandate's whose time has passed (by `now`) are
+/// dropped, so the file does not grow without end; other lines are kept as they are. The file
+/// is replaced atomically (written beside it, then renamed), as sshd asks, since it may read it
+/// at any moment.
+pub fn revoke(path: &Path, public_key: &str, until: u64, now: u64) -> Result<(), DownstreamError> {
+    let mut fields = public_key.split_whitespace();
+    let (Some(kind), Some(key)) = (fields.next(), fields.next()) else {
+        return Err(DownstreamError::Config("not a public key line".into()));
+    };
+    if public_key.contains('\n') {
         return Err(DownstreamError::Config("not a public key line".into()));
     }
     let _one = REVOKING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let io = |e: std::io::Error| ssh(format!("cannot update {}: {e}", path.display()));
-    let mut text = match std::fs::read_to_string(path) {
+    let old = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(io(e)),
     };
-    if text.lines().any(|l| l.trim() == line) {
-        return Ok(());
-    }
-    if !text.is_empty() && !text.ends_with('\n') {
+    let lapsed = |line: &str| {
+        line.split_whitespace()
+            .nth(2)
+            .and_then(|c| c.strip_prefix(UNTIL))
+            .and_then(|t| t.parse::<u64>().ok())
+            .is_some_and(|t| t <= now)
+    };
+    let same = |line: &str| {
+        let mut f = line.split_whitespace();
+        f.next() == Some(kind) && f.next() == Some(key)
+    };
+    let mut text = String::new();
+    for line in old.lines().filter(|l| !lapsed(l) && !same(l)) {
+        text.push_str(line);
         text.push('\n');
     }
-    text.push_str(line);
-    text.push('\n');
+    text.push_str(&format!("{kind} {key} {UNTIL}{until}\n"));
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let name = path
         .file_name()
@@ -253,14 +272,22 @@ mod tests {
         let file = dir.join("revoked_keys");
         ensure_revoked_keys(&file).unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "");
-        revoke(&file, "ssh-ed25519 AAAA1").unwrap();
-        revoke(&file, "ssh-ed25519 AAAA2\n").unwrap();
-        revoke(&file, "ssh-ed25519 AAAA1").unwrap();
+        std::fs::write(&file, "# the operator's own\nssh-ed25519 OPERATOR kept\n").unwrap();
+        revoke(&file, "ssh-ed25519 AAAA1", 100, 10).unwrap();
+        revoke(&file, "ssh-ed25519 AAAA2", 200, 10).unwrap();
+        revoke(&file, "ssh-ed25519 AAAA1", 100, 10).unwrap();
         assert_eq!(
             std::fs::read_to_string(&file).unwrap(),
-            "ssh-ed25519 AAAA1\nssh-ed25519 AAAA2\n"
+            "# the operator's own\nssh-ed25519 OPERATOR kept\nssh-ed25519 AAAA2 mandate-until=200\nssh-ed25519 AAAA1 mandate-until=100\n"
         );
-        assert!(revoke(&file, "a\nb").is_err());
+        // Past a certificate's own expiry its line goes; the operator's lines stay.
+        revoke(&file, "ssh-ed25519 AAAA3", 300, 150).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "# the operator's own\nssh-ed25519 OPERATOR kept\nssh-ed25519 AAAA2 mandate-until=200\nssh-ed25519 AAAA3 mandate-until=300\n"
+        );
+        assert!(revoke(&file, "a\nb", 1, 0).is_err());
+        assert!(revoke(&file, "lonely", 1, 0).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
