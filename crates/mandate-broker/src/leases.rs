@@ -925,51 +925,56 @@ impl Broker {
         }
         let kek = self.lease_kek().map_err(|e| e.to_string())?;
         let key = format!("ssh_ca:{name}");
-        let ca = match self.store.meta(&key).await.map_err(|e| e.to_string())? {
-            Some(text) => {
+        // Two tries: a replica that loses the race to create the CA reads the winner's.
+        let mut ca = None;
+        for _ in 0..2 {
+            if let Some(text) = self.store.meta(&key).await.map_err(|e| e.to_string())? {
                 let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                let field = |f: &str| {
+                    v.get(f)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
                 let sealed = Sealed {
-                    nonce: v
-                        .get("nonce")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    ciphertext: v
-                        .get("ciphertext")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
+                    nonce: field("nonce"),
+                    ciphertext: field("ciphertext"),
                 };
                 let pem = kek
                     .open(&key, 1, &sealed)
                     .map_err(|e| format!("the SSH CA of `{name}` cannot be opened: {e}"))?;
-                ssh::Ca::from_openssh(pem.expose()).map_err(|e| e.to_string())?
+                ca = Some(ssh::Ca::from_openssh(pem.expose()).map_err(|e| e.to_string())?);
+                break;
             }
-            None => {
-                let ca = ssh::Ca::generate().map_err(|e| e.to_string())?;
-                let pem = ca.to_openssh().map_err(|e| e.to_string())?;
-                let sealed = kek
-                    .seal(&key, 1, pem.as_bytes())
-                    .map_err(|e| e.to_string())?;
-                let mut e = self.event(EventKind::LeaseIssued);
-                e.resource = Some(format!("credential:{name}"));
-                e.detail = json!({
-                    "ssh_ca": ca.public_line().map_err(|e| e.to_string())?,
-                });
-                self.store
-                    .commit(vec![
-                        Op::SetMeta {
-                            key: key.clone(),
-                            value: json!({"nonce": sealed.nonce, "ciphertext": sealed.ciphertext})
-                                .to_string(),
-                        },
-                        Op::Audit(e),
-                    ])
-                    .await
-                    .map_err(|e| e.to_string())?;
-                ca
+            let made = ssh::Ca::generate().map_err(|e| e.to_string())?;
+            let pem = made.to_openssh().map_err(|e| e.to_string())?;
+            let sealed = kek
+                .seal(&key, 1, pem.as_bytes())
+                .map_err(|e| e.to_string())?;
+            let mut e = self.event(EventKind::SshCaCreated);
+            e.resource = Some(format!("credential:{name}"));
+            e.detail = json!({"public_key": made.public_line().map_err(|e| e.to_string())?});
+            let value = json!({"nonce": sealed.nonce, "ciphertext": sealed.ciphertext}).to_string();
+            match self
+                .store
+                .commit(vec![
+                    Op::InsertMeta {
+                        key: key.clone(),
+                        value,
+                    },
+                    Op::Audit(e),
+                ])
+                .await
+            {
+                Ok(_) => {
+                    ca = Some(made);
+                    break;
+                }
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.to_string()),
             }
-        };
+        }
+        let ca = ca.ok_or_else(|| format!("the SSH CA of `{name}` could not be made or read"))?;
         let ca = Arc::new(ca);
         lock(&self.leases.cas).insert(name.to_string(), ca.clone());
         Ok(ca)

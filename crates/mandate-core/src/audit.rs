@@ -75,6 +75,8 @@ pub enum EventKind {
     LeaseRevoked,
     /// An agent or enforcement point fetched its task's downstream credential.
     CredentialFetched,
+    /// The CA that signs a credential's SSH certificates was made (its public key in detail).
+    SshCaCreated,
     /// The gateway forwarded or refused one call to an upstream.
     GatewayCall,
     /// What became of a forwarded gateway call when it was not a plain success: the upstream
@@ -121,6 +123,7 @@ impl EventKind {
             EventKind::LeaseIssued => "lease_issued",
             EventKind::LeaseRevoked => "lease_revoked",
             EventKind::CredentialFetched => "credential_fetched",
+            EventKind::SshCaCreated => "ssh_ca_created",
             EventKind::GatewayCall => "gateway_call",
             EventKind::GatewayResult => "gateway_result",
             EventKind::AgentConfirmed => "agent_confirmed",

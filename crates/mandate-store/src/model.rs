@@ -127,6 +127,14 @@ pub enum Op {
     },
     /// Append an event to the audit chain.
     Audit(AuditEvent),
+    /// Add a key-value pair only if the key is absent; conflicts otherwise (one writer wins a
+    /// race to create a shared value).
+    InsertMeta {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
     /// Set a key-value pair.
     SetMeta {
         /// Key.

@@ -689,6 +689,14 @@ async fn apply(
             *head = (seq, record.hash);
             receipt.audit_seqs.push(seq);
         }
+        Op::InsertMeta { key, value } => {
+            sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2)")
+                .bind(key)
+                .bind(value)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| conflict(e, format!("meta `{key}`")))?;
+        }
         Op::SetMeta { key, value } => {
             sqlx::query(
                 "INSERT INTO meta (key, value) VALUES ($1, $2)

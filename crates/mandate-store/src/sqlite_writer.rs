@@ -510,6 +510,13 @@ impl Writer {
                 // The head row is written once per batch, by `write_batch`.
                 receipt.audit_seqs.push(record.seq);
             }
+            Op::InsertMeta { key, value } => {
+                self.run(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                    params![key, value],
+                )
+                .map_err(|e| conflict(e, format!("meta `{key}`")))?;
+            }
             Op::SetMeta { key, value } => {
                 self.run(
                     "INSERT INTO meta (key, value) VALUES (?1, ?2)

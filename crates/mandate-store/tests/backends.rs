@@ -126,7 +126,121 @@ on_both_backends!(
     concurrent_commits_form_one_verifiable_chain_and_survive_reopen,
     updates_of_missing_rows_are_not_found,
     every_op_reads_back_the_same,
+    leases_are_one_open_per_task_and_revoked_once,
+    a_shared_value_is_created_once,
 );
+
+fn lease(id: &str, task: &str, state: mandate_store::LeaseState) -> mandate_store::Lease {
+    mandate_store::Lease {
+        id: id.into(),
+        task: mandate_core::TaskId::parse(task).unwrap(),
+        agent: AgentId::parse("bot").unwrap(),
+        credential: "db".into(),
+        kind: "postgres".into(),
+        state,
+        handle: format!("mandate_{id}"),
+        grants: vec!["SELECT ON orders".into()],
+        created_at: Timestamp(1),
+        expires_at: Timestamp(1_000),
+        ended_at: None,
+        end_reason: None,
+        sealed: Some(("n".into(), "c".into())),
+    }
+}
+
+async fn leases_are_one_open_per_task_and_revoked_once(backend: Backend) {
+    use mandate_store::{LeaseFilter, LeaseState};
+    let db = Db::new(backend).await;
+    let store = db.open().await;
+    let task = "01890000-0000-7000-8000-000000000001";
+    store
+        .commit(vec![Op::InsertLease(lease(
+            "l1",
+            task,
+            LeaseState::Pending,
+        ))])
+        .await
+        .unwrap();
+    // A second open lease of the same credential for the same task conflicts.
+    assert!(matches!(
+        store
+            .commit(vec![Op::InsertLease(lease(
+                "l2",
+                task,
+                LeaseState::Pending
+            ))])
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let live = lease("l1", task, LeaseState::Live);
+    store
+        .commit(vec![Op::UpdateLease {
+            lease: live.clone(),
+            from: LeaseState::Pending,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.lease("l1").await.unwrap(), Some(live.clone()));
+    let mut revoked = lease("l1", task, LeaseState::Revoked);
+    revoked.sealed = None;
+    revoked.end_reason = Some("its task is completed".into());
+    let revoke = || Op::UpdateLease {
+        lease: revoked.clone(),
+        from: LeaseState::Live,
+    };
+    store.commit(vec![revoke()]).await.unwrap();
+    // Revoked once: a second revocation (another replica's) conflicts.
+    assert!(matches!(
+        store.commit(vec![revoke()]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Once the first is closed, the task may hold a new one.
+    store
+        .commit(vec![Op::InsertLease(lease(
+            "l2",
+            task,
+            LeaseState::Pending,
+        ))])
+        .await
+        .unwrap();
+    let open = store
+        .leases(&LeaseFilter {
+            open: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        open.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+        ["l2"]
+    );
+    let all = store
+        .leases(&LeaseFilter {
+            task: Some(mandate_core::TaskId::parse(task).unwrap()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+}
+
+async fn a_shared_value_is_created_once(backend: Backend) {
+    let db = Db::new(backend).await;
+    let store = db.open().await;
+    let put = |v: &str| Op::InsertMeta {
+        key: "ssh_ca:build".into(),
+        value: v.into(),
+    };
+    store.commit(vec![put("first")]).await.unwrap();
+    assert!(matches!(
+        store.commit(vec![put("second")]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.meta("ssh_ca:build").await.unwrap().as_deref(),
+        Some("first")
+    );
+}
 
 fn owner(id: &str) -> Owner {
     Owner {
