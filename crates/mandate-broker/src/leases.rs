@@ -1196,6 +1196,52 @@ impl Broker {
         }
     }
 
+    /// RFC 7662 introspection of a per-task JWT (`jwt` credentials): active while its lease is
+    /// live and its task too, so an API that asks sees a revocation at once. Visible to the
+    /// agent itself, its owner and admins. `None` when the token is not one of these.
+    pub(crate) async fn introspect_lease_token(
+        &self,
+        caller: &crate::Caller,
+        token: &str,
+    ) -> Option<Value> {
+        let now = self.now();
+        let claims = self.cfg.credentials.iter().find_map(|c| match &c.kind {
+            CredentialKind::Jwt { audience } => self
+                .keys
+                .load()
+                .verify_access_token(token, &self.cfg.issuer, audience, now.as_secs())
+                .ok(),
+            _ => None,
+        })?;
+        let lease = self.store.lease(&claims.jti).await.ok().flatten()?;
+        let visible = match caller {
+            crate::Caller::Agent(a) => a.as_str() == claims.client_id,
+            crate::Caller::Person(Principal::Admin { .. }) => true,
+            crate::Caller::Person(Principal::Owner { owner, .. }) => self
+                .inventory
+                .agent(&lease.agent)
+                .is_some_and(|a| a.owner.as_ref() == Some(owner)),
+        };
+        let task_live = self
+            .inventory
+            .task(lease.task.as_str())
+            .is_some_and(|t| t.read().is_live(now));
+        let active = visible
+            && lease.state == LeaseState::Live
+            && lease.expires_at > now
+            && task_live
+            && lease.task.as_str() == claims.task_id;
+        if !active {
+            return Some(json!({"active": false}));
+        }
+        let mut v = serde_json::to_value(&claims).ok()?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("active".into(), Value::Bool(true));
+            o.insert("token_type".into(), Value::String("Bearer".into()));
+        }
+        Some(v)
+    }
+
     /// Leases, newest first: admins see all, owners those of their agents.
     pub async fn list_leases(
         &self,

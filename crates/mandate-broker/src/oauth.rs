@@ -680,7 +680,11 @@ impl Broker {
     pub async fn introspect(&self, caller: &Caller, token: &str) -> Result<Value, OAuthError> {
         let inactive = serde_json::json!({"active": false});
         let Some(claims) = self.verify_signature(token) else {
-            return Ok(inactive);
+            // A per-task JWT for an API: active while its lease is.
+            return Ok(self
+                .introspect_lease_token(caller, token)
+                .await
+                .unwrap_or(inactive));
         };
         let Some(entry) = self.inventory.task(&claims.task_id) else {
             return Ok(inactive);

@@ -479,6 +479,24 @@ async fn a_per_task_jwt_verifies_against_the_jwks_and_carries_the_task() {
     let (_, leases) = s.b.admin_get("/admin/v1/leases?open=true").await;
     assert_eq!(leases[0]["kind"], "jwt", "{leases}");
     assert_eq!(leases[0]["handle"], claims["jti"]);
+
+    // An API that wants revocation at once asks introspection (RFC 7662) with its API token.
+    let introspect = || async {
+        let r = reqwest::Client::new()
+            .post(format!("{}/oauth/introspect", s.b.url))
+            .bearer_auth(&s.b.admin_token)
+            .form(&[("token", jwt)])
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()
+    };
+    let v = introspect().await;
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(v["aud"], "https://tickets.example");
+    let (st, _) = s.b.revoke_as_agent(&s.key, "analyst", token).await;
+    assert_eq!(st, 200);
+    assert_eq!(introspect().await, json!({"active": false}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
