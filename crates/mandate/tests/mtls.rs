@@ -265,6 +265,50 @@ async fn an_svid_agent_opens_and_uses_a_certificate_bound_task() {
     assert_eq!(st, 401, "{v}");
     assert_eq!(v["error"], "invalid_client");
 
+    // A sub-task of a certificate-bound task is asked for over that certificate, or not at all.
+    let child = s.b.add_agent("helper", "ops", "low", "read:tickets").await;
+    let delegate = |via: reqwest::Client| {
+        let actor = s.b.assertion(&child, "helper");
+        let details =
+            common::task_details("look up ticket 7", "support", &[("tickets", &["read"])], 60)
+                .to_string();
+        let (url, access) = (format!("{}/oauth/token", s.b.url), access.clone());
+        async move {
+            let r = via
+                .post(url)
+                .form(&[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
+                    ("subject_token", access.as_str()),
+                    (
+                        "subject_token_type",
+                        "urn:ietf:params:oauth:token-type:access_token",
+                    ),
+                    ("actor_token", actor.as_str()),
+                    ("actor_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+                    ("authorization_details", details.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (st, v) = delegate(bare.clone()).await;
+    assert_eq!(st, 401, "{v}");
+    assert_eq!(v["error"], "invalid_client", "{v}");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("bound to a client certificate"),
+        "{v}"
+    );
+    let (st, v) = delegate(agent.clone()).await;
+    assert_eq!(st, 200, "{v}");
+
     // The task records the binding, and the CLI reaches the TLS listener given the CA.
     let task = claims(&access)["task_id"].as_str().unwrap().to_string();
     let (_, shown) = s.b.admin_get(&format!("/admin/v1/tasks/{task}")).await;
