@@ -520,20 +520,22 @@ impl Broker {
         task_id: &str,
         name: &str,
     ) -> Result<IssuedCredential, CredentialError> {
-        let cred = self.credential_config(name)?.clone();
         let now = self.now();
-        let task = self
+        let ended = || CredentialError::TaskEnded(format!("task `{task_id}` is not active"));
+        let entry = self
             .inventory
             .task(task_id)
-            .map(|e| e.read().clone())
-            .filter(|t| t.is_live(now))
-            .ok_or_else(|| CredentialError::TaskEnded(format!("task `{task_id}` is not active")))?;
-        let key = (task.id.to_string(), name.to_string());
+            .filter(|e| e.read().is_live(now))
+            .ok_or_else(ended)?;
+        let key = (entry.read().id.to_string(), name.to_string());
+        // The gateway's path: a handed-out lease, without copying the task.
         if let Some(h) = lock(&self.leases.handed).get(&key)
             && h.expires_at > now
         {
             return Ok(h.clone());
         }
+        let cred = self.credential_config(name)?.clone();
+        let task = entry.read().clone();
         let gate = lock(&self.leases.minting)
             .entry(key.clone())
             .or_default()
