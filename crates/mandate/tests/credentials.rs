@@ -18,9 +18,9 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Broker;
+use common::{Broker, role_exists, within};
 use serde_json::{Value, json};
 use sqlx::{Connection, Row};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,37 +44,6 @@ async fn fresh_db() -> String {
     .unwrap();
     conn.close().await.unwrap();
     url
-}
-
-/// Whether a role exists on the server.
-async fn role_exists(admin: &str, role: &str) -> bool {
-    let mut conn = sqlx::postgres::PgConnection::connect(admin).await.unwrap();
-    let found = sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
-        .bind(role)
-        .fetch_optional(&mut conn)
-        .await
-        .unwrap()
-        .is_some();
-    conn.close().await.unwrap();
-    found
-}
-
-/// Waits until `f` holds, up to `BOUND`; returns how long it took.
-async fn within<F, Fut>(what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < BOUND {
-        if f().await {
-            let took = start.elapsed();
-            println!("{what}: {} ms", took.as_millis());
-            return took;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{what}: not within {BOUND:?}");
 }
 
 type Seen = Arc<Mutex<Vec<Vec<(String, String)>>>>;
@@ -347,7 +316,7 @@ async fn a_task_reading_orders_gets_its_own_role_which_ends_with_it() {
     // The agent completes its task: the role goes, and the held session is cut.
     let (st, _) = s.b.revoke_as_agent(&s.key, "analyst", &token).await;
     assert_eq!(st, 200);
-    let took = within("role dropped after completion", || {
+    let took = within("role dropped after completion", BOUND, || {
         let db = s.db.clone();
         let role = role.clone();
         async move { !role_exists(&db, &role).await }
@@ -360,7 +329,7 @@ async fn a_task_reading_orders_gets_its_own_role_which_ends_with_it() {
         "the role's open session survived its revocation"
     );
 
-    within("lease recorded revoked", || async {
+    within("lease recorded revoked", BOUND, || async {
         s.b.admin_get("/admin/v1/leases?open=true").await.1 == json!([])
     })
     .await;
@@ -553,18 +522,18 @@ async fn a_restart_revokes_leases_whose_task_ended_meanwhile_and_half_made_ones(
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     s.b.kill_and_restart().await;
-    within("expired task's role dropped after restart", || {
+    within("expired task's role dropped after restart", BOUND, || {
         let db = s.db.clone();
         let role = role.clone();
         async move { !role_exists(&db, &role).await }
     })
     .await;
-    within("half-made role dropped after restart", || {
+    within("half-made role dropped after restart", BOUND, || {
         let db = s.db.clone();
         async move { !role_exists(&db, orphan).await }
     })
     .await;
-    within("lease recorded revoked", || async {
+    within("lease recorded revoked", BOUND, || async {
         s.b.admin_get("/admin/v1/leases?open=true").await.1 == json!([])
     })
     .await;
@@ -618,14 +587,14 @@ async fn a_lease_that_cannot_be_revoked_is_flagged_until_it_is() {
 
     // Nothing was lost: once the admin connection is back, the reaper finishes the job.
     s.b.set_secret("orders_db_admin", &s.db);
-    within("role dropped once revocation works again", || {
+    within("role dropped once revocation works again", BOUND, || {
         let db = s.db.clone();
         let role = role.clone();
         async move { !role_exists(&db, &role).await }
     })
     .await;
     // The role goes first, then the lease is recorded revoked.
-    within("lease recorded revoked", || async {
+    within("lease recorded revoked", BOUND, || async {
         s.b.admin_get("/admin/v1/leases?open=true").await.1 == json!([])
     })
     .await;
@@ -720,7 +689,7 @@ async fn a_credential_that_cannot_be_made_leaves_nothing_and_tells_the_agent_lit
     s.b.set_secret("orders_db_admin", &s.db);
     let (st, _) = s.b.revoke_as_agent(&s.key, "analyst", token).await;
     assert_eq!(st, 200);
-    within("half-made lease revoked", || async {
+    within("half-made lease revoked", BOUND, || async {
         s.b.admin_get("/admin/v1/leases?open=true").await.1 == json!([])
     })
     .await;
@@ -750,7 +719,7 @@ async fn a_restart_revokes_a_lease_whose_grants_the_configuration_changed() {
     std::fs::write(&path, changed).unwrap();
     s.b.kill_and_restart().await;
 
-    within("lease with the old grants revoked", || async {
+    within("lease with the old grants revoked", BOUND, || async {
         s.b.admin_get("/admin/v1/leases?open=true").await.1 == json!([])
     })
     .await;

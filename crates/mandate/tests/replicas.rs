@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Broker, JWT_BEARER, task_details};
+use common::{Broker, JWT_BEARER, role_exists, task_details, within};
 use serde_json::Value;
 use sqlx::Connection;
 
@@ -56,22 +56,6 @@ fn assert_chain_verifies(b: &Broker, store: &str) {
     );
 }
 
-/// Waits until `f` holds, up to `BOUND`; returns how long it took.
-async fn within<F, Fut>(what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < BOUND {
-        if f().await {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("{what}: not within {BOUND:?}");
-}
-
 async fn status(b: &Broker, token: &str) -> u16 {
     b.decide(token, "read", "resource", "logs").await.0
 }
@@ -106,50 +90,64 @@ async fn three_replicas_share_one_state() {
     a.add_owner("ops").await;
     let key = a.add_agent("bot", "ops", "low", "read:logs").await;
     // B learns of the agent; a task it opens is good on A and C.
-    within("agent known on B", || async {
+    within("agent known on B", BOUND, || async {
         b.open_scope(&key, "bot", "read:logs").await.0 == 200
     })
     .await;
     let (_, t) = b.open_scope(&key, "bot", "read:logs").await;
     let token = t["access_token"].as_str().unwrap().to_string();
-    within("task opened on B decides on A", || async {
+    within("task opened on B decides on A", BOUND, || async {
         status(&a, &token).await == 200
     })
     .await;
-    within("and on C", || async { status(&c, &token).await == 200 }).await;
+    within("and on C", BOUND, || async {
+        status(&c, &token).await == 200
+    })
+    .await;
 
     // Completed on B, refused on A and C.
     let (_, t) = a.open_scope(&key, "bot", "read:logs").await;
     let token = t["access_token"].as_str().unwrap().to_string();
-    within("task opened on A decides on B", || async {
+    within("task opened on A decides on B", BOUND, || async {
         status(&b, &token).await == 200
     })
     .await;
     assert_eq!(b.revoke_as_agent(&key, "bot", &token).await.0, 200);
-    let on_a = within("completion on B refused on A", || async {
+    let on_a = within("completion on B refused on A", BOUND, || async {
         status(&a, &token).await == 401
     })
     .await;
-    within("and on C", || async { status(&c, &token).await == 401 }).await;
+    within("and on C", BOUND, || async {
+        status(&c, &token).await == 401
+    })
+    .await;
     eprintln!("completion on B reached A in {on_a:?}");
 
     // S7: the kill switch on C ends the agent's tasks everywhere.
     let (_, t) = a.open_scope(&key, "bot", "read:logs").await;
     let token = t["access_token"].as_str().unwrap().to_string();
-    within("decides on B", || async { status(&b, &token).await == 200 }).await;
+    within("decides on B", BOUND, || async {
+        status(&b, &token).await == 200
+    })
+    .await;
     let (s, v) = c
         .admin_post("/admin/v1/agents/bot/suspend", serde_json::json!({}))
         .await;
     assert_eq!(s, 200, "{v}");
-    let on_a = within("suspension on C refused on A", || async {
+    let on_a = within("suspension on C refused on A", BOUND, || async {
         status(&a, &token).await == 401
     })
     .await;
-    within("and on B", || async { status(&b, &token).await == 401 }).await;
-    eprintln!("suspension on C reached A in {on_a:?}");
-    within("B refuses new tasks of the suspended agent", || async {
-        b.open_scope(&key, "bot", "read:logs").await.0 == 400
+    within("and on B", BOUND, || async {
+        status(&b, &token).await == 401
     })
+    .await;
+    eprintln!("suspension on C reached A in {on_a:?}");
+    within(
+        "B refuses new tasks of the suspended agent",
+        BOUND,
+        || async { b.open_scope(&key, "bot", "read:logs").await.0 == 400 },
+    )
     .await;
     let (s, _) = c
         .admin_post("/admin/v1/agents/bot/resume", serde_json::json!({}))
@@ -157,18 +155,21 @@ async fn three_replicas_share_one_state() {
     assert_eq!(s, 200);
 
     // S8: a policy change loaded on A revokes the task opened on B, and B and C load it too.
-    within("B sees the resumed agent", || async {
+    within("B sees the resumed agent", BOUND, || async {
         b.open_scope(&key, "bot", "read:logs").await.0 == 200
     })
     .await;
     let (_, t) = b.open_scope(&key, "bot", "read:logs").await;
     let token = t["access_token"].as_str().unwrap().to_string();
-    within("decides on A", || async { status(&a, &token).await == 200 }).await;
+    within("decides on A", BOUND, || async {
+        status(&a, &token).await == 200
+    })
+    .await;
     a.set_policies(&[(
         "60-no-logs.cedar",
         "@id(\"no-logs-tasks\")\n@reason(\"log access is closed\")\nforbid (principal, action == Mandate::Action::\"open_task\", resource)\nwhen { context.task.granted.contains(\"read:logs\") };\n",
     )]);
-    within("policy change on A refused on B", || async {
+    within("policy change on A refused on B", BOUND, || async {
         status(&b, &token).await == 401
     })
     .await;
@@ -187,7 +188,7 @@ async fn three_replicas_share_one_state() {
         }
     };
     let want = digest(&a).await;
-    within("C loaded the same policies", || async {
+    within("C loaded the same policies", BOUND, || async {
         digest(&c).await == want
     })
     .await;
@@ -220,7 +221,7 @@ async fn three_replicas_share_one_state() {
 
     // A DPoP proof spent at one replica's decision point is refused at another's.
     let reports = b.add_agent("bound", "ops", "low", "read:reports").await;
-    within("A knows the bound agent", || async {
+    within("A knows the bound agent", BOUND, || async {
         a.open_task(
             &reports,
             "bound",
@@ -271,7 +272,7 @@ async fn three_replicas_share_one_state() {
             (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
         }
     };
-    within("B knows the bound task", || async {
+    within("B knows the bound task", BOUND, || async {
         let r = b
             .http
             .post(format!("{}/v1/decide", b.url))
@@ -300,7 +301,7 @@ async fn three_replicas_share_one_state() {
         .await;
     assert_eq!(s, 200, "{v}");
     let new_kid = v["kid"].as_str().unwrap().to_string();
-    within("A publishes both keys", || async {
+    within("A publishes both keys", BOUND, || async {
         let j = jwks(&a).await;
         let kids: Vec<&str> = j["keys"]
             .as_array()
@@ -385,8 +386,14 @@ async fn replicas_survive_a_killed_peer_and_fail_closed_without_the_database() {
     let key = a.add_agent("bot", "ops", "low", "read:logs").await;
     let (_, t) = a.open_scope(&key, "bot", "read:logs").await;
     let token = t["access_token"].as_str().unwrap().to_string();
-    within("decides on B", || async { status(&b, &token).await == 200 }).await;
-    within("decides on C", || async { status(&c, &token).await == 200 }).await;
+    within("decides on B", BOUND, || async {
+        status(&b, &token).await == 200
+    })
+    .await;
+    within("decides on C", BOUND, || async {
+        status(&c, &token).await == 200
+    })
+    .await;
 
     // A dies mid-work: B carries on with A's tasks and opens new ones.
     a.kill().await;
@@ -396,7 +403,7 @@ async fn replicas_survive_a_killed_peer_and_fail_closed_without_the_database() {
     // C loses the database: it stops deciding (503) rather than trusting a stale view, while
     // the task is revoked elsewhere.
     relay.cut();
-    within("C refuses while cut off", || async {
+    within("C refuses while cut off", BOUND, || async {
         status(&c, &token).await == 503
     })
     .await;
@@ -523,14 +530,14 @@ async fn a_database_restart_mid_load_loses_no_acknowledged_write() {
     let b = Broker::start_replica(&url, &kek, Some(&a.admin_token), &[]).await;
     a.add_owner("ops").await;
     let key = Arc::new(a.add_agent("bot", "ops", "low", "read:logs").await);
-    within("B knows the agent", || async {
+    within("B knows the agent", BOUND, || async {
         b.open_scope(&key, "bot", "read:logs").await.0 == 200
     })
     .await;
     // A task that will be revoked while the database is restarting.
     let (_, t) = a.open_scope(&key, "bot", "read:logs").await;
     let victim = t["access_token"].as_str().unwrap().to_string();
-    within("B decides it", || async {
+    within("B decides it", BOUND, || async {
         status(&b, &victim).await == 200
     })
     .await;
@@ -773,19 +780,6 @@ async fn replicas_reach_postgresql_over_verified_tls() {
     assert!(err.contains("cannot open store"), "{err}");
 }
 
-/// Whether a role exists on the test server's database `db`.
-async fn role_exists(db: &str, role: &str) -> bool {
-    let mut conn = sqlx::postgres::PgConnection::connect(db).await.unwrap();
-    let found = sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
-        .bind(role)
-        .fetch_optional(&mut conn)
-        .await
-        .unwrap()
-        .is_some();
-    conn.close().await.unwrap();
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_one_lease_per_task_and_revoke_it_once() {
     let store = fresh_db().await;
@@ -829,7 +823,7 @@ async fn replicas_share_one_lease_per_task_and_revoke_it_once() {
     // Made on A; B hands out the same lease, opened from the store.
     let (st, on_a) = a.fetch_credential(Some(&token), "logs_db").await;
     assert_eq!(st, 200, "{on_a}");
-    within("B knows the task", || async {
+    within("B knows the task", BOUND, || async {
         b.fetch_credential(Some(&token), "logs_db").await.0 == 200
     })
     .await;
@@ -843,10 +837,11 @@ async fn replicas_share_one_lease_per_task_and_revoke_it_once() {
     assert_eq!(b.revoke_as_agent(&key, "bot", &token).await.0, 200);
     within(
         "role dropped after completion on the other replica",
+        BOUND,
         || async { !role_exists(&target, &role).await },
     )
     .await;
-    within("lease recorded revoked", || async {
+    within("lease recorded revoked", BOUND, || async {
         a.admin_get("/admin/v1/leases?open=true").await.1 == serde_json::json!([])
     })
     .await;

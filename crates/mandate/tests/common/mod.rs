@@ -652,3 +652,38 @@ pub async fn fresh_postgres_db(prefix: &str) -> String {
     let (base, _) = admin.rsplit_once('/').expect("a database in the URL");
     format!("{base}/{name}")
 }
+
+/// Whether a role exists on the PostgreSQL database `db`.
+pub async fn role_exists(db: &str, role: &str) -> bool {
+    use sqlx::Connection;
+    let mut conn = sqlx::postgres::PgConnection::connect(db)
+        .await
+        .expect("connect");
+    let found = sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(role)
+        .fetch_optional(&mut conn)
+        .await
+        .expect("query")
+        .is_some();
+    conn.close().await.expect("close");
+    found
+}
+
+/// Waits until `f` holds, up to `bound`, polling every 5 ms; returns how long it took, and
+/// prints it (the figure, not a pass mark: speed is measured in benchmarks).
+pub async fn within<F, Fut>(what: &str, bound: Duration, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < bound {
+        if f().await {
+            let took = start.elapsed();
+            println!("{what}: {} ms", took.as_millis());
+            return took;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{what}: not within {bound:?}");
+}
