@@ -4,7 +4,7 @@
 //! Every name that reaches SQL is checked against a strict form and then quoted; the password is
 //! Mandate's own random text. Nothing from an agent reaches these statements.
 
-use sqlx::{AssertSqlSafe, Connection, Executor, Row};
+use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use crate::DownstreamError;
 
@@ -193,15 +193,19 @@ pub async fn create_role(admin_url: &str, spec: &RoleSpec<'_>) -> Result<(), Dow
     Ok(())
 }
 
+async fn exists(conn: &mut sqlx::PgConnection, name: &str) -> Result<bool, DownstreamError> {
+    Ok(sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(name)
+        .fetch_optional(conn)
+        .await
+        .map_err(pg)?
+        .is_some())
+}
+
 /// Whether the role exists.
 pub async fn role_exists(admin_url: &str, name: &str) -> Result<bool, DownstreamError> {
     let mut conn = sqlx::PgConnection::connect(admin_url).await.map_err(pg)?;
-    let found = sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
-        .bind(name)
-        .fetch_optional(&mut conn)
-        .await
-        .map_err(pg)?
-        .is_some();
+    let found = exists(&mut conn, name).await?;
     let _ = conn.close().await;
     Ok(found)
 }
@@ -212,13 +216,7 @@ pub async fn drop_role(admin_url: &str, name: &str) -> Result<bool, DownstreamEr
     check_identifier(name)?;
     let role = quote_ident(name);
     let mut conn = sqlx::PgConnection::connect(admin_url).await.map_err(pg)?;
-    let exists = sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
-        .bind(name)
-        .fetch_optional(&mut conn)
-        .await
-        .map_err(pg)?
-        .is_some();
-    if !exists {
+    if !exists(&mut conn, name).await? {
         let _ = conn.close().await;
         return Ok(false);
     }
@@ -228,16 +226,13 @@ pub async fn drop_role(admin_url: &str, name: &str) -> Result<bool, DownstreamEr
         ))))
         .await
         .map_err(pg)?;
-    let rows = sqlx::query(
+    sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
     )
     .bind(name)
-    .fetch_all(&mut conn)
+    .execute(&mut conn)
     .await
     .map_err(pg)?;
-    for r in &rows {
-        let _: Option<bool> = r.try_get(0).ok();
-    }
     let mut tx = conn.begin().await.map_err(pg)?;
     (&mut *tx)
         .execute(sqlx::raw_sql(AssertSqlSafe(format!(
