@@ -95,7 +95,7 @@ impl Broker {
                 ..Default::default()
             })
             .await?;
-        let outliving = self.leases_outliving_tasks().await?;
+        let outliving = self.outliving(&open_leases).await?;
         for v in &mut views {
             v.leases = open_leases
                 .iter()

@@ -366,8 +366,8 @@ pub fn check_credentials(specs: &[CredentialSpec]) -> Result<Vec<Credential>, St
     Ok(out)
 }
 
-/// A credential handed out for a task.
-#[derive(Clone, Debug, Serialize)]
+/// A credential handed out for a task. Its `Debug` leaves the secret parts out.
+#[derive(Clone, Serialize)]
 pub struct IssuedCredential {
     /// The configured credential.
     pub credential: String,
@@ -383,6 +383,17 @@ pub struct IssuedCredential {
     /// (jwt); `private_key`, `certificate`, `principals` (ssh).
     #[serde(flatten)]
     pub secret: serde_json::Map<String, Value>,
+}
+
+impl std::fmt::Debug for IssuedCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCredential")
+            .field("credential", &self.credential)
+            .field("kind", &self.kind)
+            .field("lease_id", &self.lease_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl IssuedCredential {
@@ -1264,17 +1275,13 @@ impl Broker {
             .collect())
     }
 
-    /// Open leases whose task is no longer live: standing privilege (0 when the reaper keeps up).
-    pub(crate) async fn leases_outliving_tasks(&self) -> Result<Vec<Lease>, StoreError> {
+    /// Of the open leases `open`, those whose task is no longer live (or whose own time ran
+    /// out): standing privilege (0 when the reaper keeps up).
+    pub(crate) async fn outliving<'a>(
+        &self,
+        open: &'a [Lease],
+    ) -> Result<Vec<&'a Lease>, StoreError> {
         let now = self.now();
-        let open = self
-            .store
-            .leases(&LeaseFilter {
-                open: true,
-                limit: Some(10_000),
-                ..Default::default()
-            })
-            .await?;
         let mut out = Vec::new();
         for l in open {
             let live = match self.inventory.task(l.task.as_str()) {
