@@ -64,11 +64,21 @@ impl Gateway {
                 .values()
                 .flat_map(template::Template::credentials)
             {
-                if !broker.config().credentials.iter().any(|c| c.name == name) {
-                    return Err(format!(
-                        "http api `{}` sends `${{cred:{name}}}`, and no `[[credentials]]` entry is named `{name}`",
-                        api.name
-                    ));
+                match broker.config().credentials.iter().find(|c| c.name == name) {
+                    None => {
+                        return Err(format!(
+                            "http api `{}` sends `${{cred:{name}}}`, and no `[[credentials]]` entry is named `{name}`",
+                            api.name
+                        ));
+                    }
+                    // A certificate and its key are no header value; agents fetch them.
+                    Some(c) if matches!(c.kind, mandate_broker::CredentialKind::Ssh { .. }) => {
+                        return Err(format!(
+                            "http api `{}` sends `${{cred:{name}}}`, an ssh credential, which has no header value; fetch it with POST /v1/credentials/{name}",
+                            api.name
+                        ));
+                    }
+                    Some(_) => {}
                 }
             }
         }

@@ -84,7 +84,8 @@ pub(crate) fn credential_error(e: CredentialError) -> Response {
         CredentialError::Token(inner) => return decide_error(inner.clone()),
         CredentialError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         CredentialError::Forbidden(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
-        CredentialError::TaskEnded(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+        // The same answer, challenge included, as any refused task credential.
+        CredentialError::TaskEnded(m) => return decide_error(DecideError::InvalidToken(m.clone())),
         CredentialError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
     json_error(status, code, &e.to_string())

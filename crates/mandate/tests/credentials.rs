@@ -351,9 +351,21 @@ async fn a_task_reading_orders_gets_its_own_role_which_ends_with_it() {
     let fetched = s.b.audit_kind("credential_fetched");
     assert_eq!(fetched.len(), 1, "{fetched:?}");
     assert_eq!(fetched[0]["detail"]["lease"], leases[0]["id"]);
-    // The ended task's credential fetches nothing.
-    let (st, _) = s.b.fetch_credential(Some(&token), "orders_db").await;
-    assert_eq!(st, 401);
+    // The ended task's credential fetches nothing, refused like any ended task's credential.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/credentials/orders_db", s.b.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(
+        r.headers()
+            .get("www-authenticate")
+            .is_some_and(|v| v.to_str().unwrap().contains("invalid_token")),
+        "{:?}",
+        r.headers()
+    );
     // What reached the upstream never reaches the audit.
     assert!(
         !std::fs::read_to_string(s.b.data_dir().join("mandate.db-wal"))
@@ -736,5 +748,62 @@ async fn a_restart_revokes_a_lease_whose_grants_the_configuration_changed() {
     assert_eq!(
         c["grants"],
         json!(["SELECT ON customers", "SELECT ON orders"])
+    );
+}
+
+/// `mandate serve` with `cfg`: it must refuse to start, saying `why`.
+fn refuses_to_start(cfg: &str, why: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let mut child = std::process::Command::new(common::bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .env_remove("MANDATE_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > BOUND {
+            let _ = child.kill();
+            panic!("mandate serve started with: {cfg}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains(why), "{err}");
+}
+
+#[test]
+fn credentials_used_where_they_cannot_work_stop_the_start() {
+    let ssh = "[[credentials]]\nname = \"host\"\nkind = \"ssh\"\nrevoked_keys_file = \"/tmp/mandate-test-revoked\"\n\
+               [[credentials.grants]]\nscope = \"call:deploy\"\nprincipals = [\"deploy\"]\n";
+    let api = |header: &str| {
+        format!(
+            "[[gateway.http]]\nname = \"api\"\nurl = \"http://127.0.0.1:9\"\nheaders = {{ X = \"{header}\" }}\n\
+             [[gateway.http.routes]]\nmethod = \"GET\"\npath = \"/x\"\naction = \"read\"\nresource = \"x\"\n"
+        )
+    };
+    refuses_to_start(
+        &format!("{ssh}{}", api("${cred:host}")),
+        "an ssh credential, which has no header value",
+    );
+    refuses_to_start(
+        &api("${cred:nothing}"),
+        "no `[[credentials]]` entry is named `nothing`",
+    );
+    refuses_to_start(
+        "[[gateway.mcp]]\nname = \"notes\"\ncommand = \"true\"\nenv = { DB = \"${cred:db}\" }\n",
+        "an MCP upstream is shared by all tasks",
     );
 }
